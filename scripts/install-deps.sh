@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System packages CloudPal needs on Debian 12, installed only when missing.
+set -euo pipefail
+pkgs=(wireguard-go wireguard-tools iproute2 nftables iputils-ping iperf3 zbar-tools dnsutils
+      procps python3-venv)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 2
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,3 @@
+from cloudpal.cli.main import main
+
+main()

@@ -1,0 +1,1056 @@
+"""The node's DNS server: names for the overlay, a forwarder for everything else.
+
+Devices ask the node for ``NAME.pal`` (like Tailscale's MagicDNS) and, when their
+traffic is full-tunnel, for every other name too, so the node answers its zone
+authoritatively and relays the rest to the host's own resolvers.
+
+The protocol half is sans-IO, as in h11: :func:`handle_query` maps query bytes to
+a :class:`Reply`, a :class:`Forward` decision or ``None`` (drop), touching no
+socket and never raising, so it can be tested and fuzzed on its own.
+:class:`DnsServer` is the thin asyncio shell that owns the UDP and TCP sockets and
+talks to the upstream resolvers.
+
+The wire format is parsed and written here rather than with dnslib: the parser
+must reject hostile input with FORMERR instead of a stray exception, and the
+subset needed (one question, A/AAAA/PTR/SOA/NS answers, EDNS) is small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import re
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from cloudpal.errors import HostError, InvalidInput
+
+__all__ = ["DnsServer", "Forward", "Record", "Reply", "Zone", "handle_query"]
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------
+# Wire-format constants (RFC 1035, 3596, 6891)
+
+_TYPE_A = 1
+_TYPE_NS = 2
+_TYPE_SOA = 6
+_TYPE_PTR = 12
+_TYPE_AAAA = 28
+_TYPE_OPT = 41
+_TYPE_IXFR = 251
+_TYPE_AXFR = 252
+_TYPE_ANY = 255
+_CLASS_IN = 1
+_CLASS_ANY = 255
+
+_NOERROR = 0
+_FORMERR = 1
+_SERVFAIL = 2
+_NXDOMAIN = 3
+_NOTIMP = 4
+_REFUSED = 5
+_BADVERS = 16  # extended RCODE: upper 8 bits go in the OPT record
+
+_QR = 0x8000
+_AA = 0x0400
+_TC = 0x0200
+_RD = 0x0100
+_RA = 0x0080
+_CD = 0x0010
+
+_HEADER = struct.Struct("!HHHHHH")
+_MAX_NAME = 255
+_UDP_PLAIN = 512  # limit for clients without EDNS (RFC 1035)
+_UDP_EDNS = 1232  # what we advertise and send at most: avoids IP fragmentation (DNS flag day 2020)
+
+# SOA timers. Nobody transfers this zone, so only MINIMUM (negative-cache TTL) matters.
+_SOA_REFRESH = 3600
+_SOA_RETRY = 600
+_SOA_EXPIRE = 86400
+
+_Name = tuple[bytes, ...]  # labels, as received (case preserved); b"" labels never occur
+
+_IN_ADDR = (b"in-addr", b"arpa")
+_IP6 = (b"ip6", b"arpa")
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_DECIMAL_RE = re.compile(rb"0|[1-9][0-9]{0,2}")
+_HEX = frozenset(b"0123456789abcdef")
+
+
+# --------------------------------------------------------------------------
+# Public data types
+
+
+@dataclass(frozen=True)
+class Record:
+    """The overlay addresses one name resolves to."""
+
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Send ``data`` back to the client as the complete answer."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The name is not ours: send ``query`` upstream, relay the answer under ``query_id``."""
+
+    query: bytes
+    query_id: int
+
+
+# --------------------------------------------------------------------------
+# Zone
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    record: Record
+    a: tuple[bytes, ...]  # packed, ready for RDATA
+    aaaa: tuple[bytes, ...]
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Everything a query reads, swapped as one object so it never sees half an update."""
+
+    names: dict[bytes, _Entry]
+    reverse: dict[_Address, tuple[bytes, ...]]
+    serial: int
+
+
+class Zone:
+    """The names the node answers for; replaced wholesale with set_records when devices change."""
+
+    def __init__(self, origin: str = "pal", ttl: int = 30) -> None:
+        labels = _split_name(origin.lower()) if isinstance(origin, str) else None
+        if not labels or not all(_LABEL_RE.fullmatch(label) for label in labels):
+            raise InvalidInput(f"The DNS zone {origin!r} is not a valid domain name.")
+        if len(".".join(labels)) > 190:
+            raise InvalidInput(f"The DNS zone {origin!r} is too long to leave room for names.")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 86400:
+            raise InvalidInput(f"The DNS TTL {ttl!r} must be whole seconds, at most 86400.")
+        self._origin = ".".join(labels)
+        self._labels: _Name = tuple(label.encode("ascii") for label in labels)
+        self._ttl = ttl
+        self._snap = _Snapshot({}, {}, int(time.time()) & 0xFFFFFFFF)
+
+    @property
+    def origin(self) -> str:
+        """The zone's domain, lower-case and without a trailing dot (``"pal"``)."""
+        return self._origin
+
+    @property
+    def ttl(self) -> int:
+        """TTL of every answer, and of NXDOMAIN caching: small, because devices come and go."""
+        return self._ttl
+
+    def set_records(self, records: Mapping[str, Record]) -> None:
+        """Replace every name (``"laptop"``, without the zone) at once.
+
+        A name is one DNS label, compared case-insensitively. Raises InvalidInput, before
+        changing anything, if a name or address cannot be served.
+        """
+        names: dict[bytes, _Entry] = {}
+        reverse: dict[_Address, list[bytes]] = {}
+        for raw_name, record in records.items():
+            name = raw_name.lower() if isinstance(raw_name, str) else ""
+            if not _LABEL_RE.fullmatch(name):
+                raise InvalidInput(
+                    f"The device name {raw_name!r} cannot be a DNS name; use at most 63 letters, "
+                    "digits and hyphens."
+                )
+            key = name.encode("ascii")
+            if key in names:
+                raise InvalidInput(f"The device name {raw_name!r} is used twice (case is ignored).")
+            v4 = [_parse_v4(text, raw_name) for text in record.ipv4]
+            v6 = [_parse_v6(text, raw_name) for text in record.ipv6]
+            names[key] = _Entry(
+                Record(tuple(map(str, v4)), tuple(map(str, v6))),
+                tuple(a.packed for a in v4),
+                tuple(a.packed for a in v6),
+            )
+            addresses: list[_Address] = [*v4, *v6]
+            for address in addresses:
+                reverse.setdefault(address, []).append(key)
+        # Serial only has to grow; time-based so a restarted node does not go backwards.
+        serial = max((self._snap.serial + 1) & 0xFFFFFFFF, int(time.time()) & 0xFFFFFFFF)
+        self._snap = _Snapshot(names, {a: tuple(sorted(k)) for a, k in reverse.items()}, serial)
+
+    def lookup(self, name: str) -> Record | None:
+        """The addresses of ``name``, relative (``laptop``) or in the zone (``laptop.pal.``)."""
+        labels = _split_name(name.lower()) if isinstance(name, str) else None
+        if labels is None:
+            return None
+        origin = self._origin.split(".")
+        if len(labels) == len(origin) + 1 and labels[1:] == origin:
+            labels = labels[:1]
+        if len(labels) != 1 or not _LABEL_RE.fullmatch(labels[0]):
+            return None
+        entry = self._snap.names.get(labels[0].encode("ascii"))
+        return None if entry is None else entry.record
+
+
+def _split_name(name: str) -> list[str] | None:
+    """Labels of a presentation-format name (one trailing dot allowed), None if malformed."""
+    stripped = name[:-1] if name.endswith(".") else name
+    if not stripped:
+        return []
+    labels = stripped.split(".")
+    return None if any(not label for label in labels) else labels
+
+
+def _parse_v4(text: str, owner: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise InvalidInput(f"{text!r} of device {owner!r} is not an IPv4 address.") from None
+
+
+def _parse_v6(text: str, owner: str) -> ipaddress.IPv6Address:
+    try:
+        address = ipaddress.IPv6Address(text)
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise InvalidInput(f"{text!r} of device {owner!r} is not an IPv6 address.") from None
+    if address.scope_id:
+        raise InvalidInput(f"{text!r} of device {owner!r} must not carry a %scope.")
+    return address
+
+
+# --------------------------------------------------------------------------
+# Wire format: parsing
+
+
+class _FormatError(Exception):
+    """The message is not well-formed DNS; the caller answers FORMERR."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Edns:
+    payload: int  # the client's UDP buffer size
+    version: int
+    do: bool  # DNSSEC OK; copied into the reply (RFC 3225)
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    qid: int
+    flags: int
+    qname: _Name
+    qtype: int
+    qclass: int
+    edns: _Edns | None
+
+
+def _read_name(data: bytes, offset: int, *, pointers: bool) -> tuple[_Name, int]:
+    """Decode a name at ``offset``; return its labels and the offset just after it.
+
+    Every compression pointer must jump strictly backwards from the previous jump, so
+    hostile pointer loops end after at most len(data) steps.
+    """
+    labels: list[bytes] = []
+    size = 1
+    end: int | None = None
+    floor = offset
+    pos = offset
+    while True:
+        if pos >= len(data):
+            raise _FormatError
+        length = data[pos]
+        if length >= 0xC0:
+            if not pointers or pos + 1 >= len(data):
+                raise _FormatError
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if end is None:
+                end = pos + 2
+            if target >= floor:
+                raise _FormatError
+            floor = pos = target
+            continue
+        if length >= 0x40:  # extended label types (RFC 6891 deprecates them)
+            raise _FormatError
+        if length == 0:
+            return tuple(labels), (pos + 1 if end is None else end)
+        size += length + 1
+        if size > _MAX_NAME or pos + 1 + length > len(data):
+            raise _FormatError
+        labels.append(data[pos + 1 : pos + 1 + length])
+        pos += 1 + length
+
+
+def _parse(data: bytes) -> _Query:
+    """Parse a query that must carry exactly one question; raise _FormatError otherwise."""
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if qdcount != 1:
+        raise _FormatError
+    # Nothing precedes the question but the header, so a pointer in it is nonsense.
+    qname, pos = _read_name(data, _HEADER.size, pointers=False)
+    if pos + 4 > len(data):
+        raise _FormatError
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    pos += 4
+    edns: _Edns | None = None
+    before_additional = ancount + nscount
+    for index in range(ancount + nscount + arcount):
+        owner, pos = _read_name(data, pos, pointers=True)
+        if pos + 10 > len(data):
+            raise _FormatError
+        rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", data, pos)
+        pos += 10 + rdlength
+        if pos > len(data):
+            raise _FormatError
+        if rtype == _TYPE_OPT:
+            if index < before_additional or owner or edns is not None:
+                raise _FormatError  # RFC 6891 6.1.1: one OPT, root owner, additional section
+            edns = _Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
+    return _Query(qid, flags, qname, qtype, qclass, edns)
+
+
+def _question(data: bytes) -> tuple[_Name, int, int] | None:
+    """The lower-cased question of a message, to match upstream replies to our query."""
+    if len(data) < _HEADER.size or _HEADER.unpack_from(data)[2] != 1:
+        return None
+    try:
+        qname, pos = _read_name(data, _HEADER.size, pointers=False)
+    except _FormatError:
+        return None
+    if pos + 4 > len(data):
+        return None
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    return tuple(label.lower() for label in qname), qtype, qclass
+
+
+# --------------------------------------------------------------------------
+# Wire format: writing
+
+
+@dataclass(frozen=True, slots=True)
+class _RR:
+    owner: _Name
+    rtype: int
+    ttl: int
+    rdata: tuple[bytes | _Name, ...]  # bytes verbatim, names (tuples) compressed
+
+
+class _Writer:
+    """A message under construction, compressing names against those already written."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self._seen: dict[_Name, int] = {}
+
+    def name(self, labels: _Name) -> None:
+        for i in range(len(labels)):
+            suffix = tuple(label.lower() for label in labels[i:])
+            target = self._seen.get(suffix)
+            if target is not None:
+                self.buf += struct.pack("!H", 0xC000 | target)
+                return
+            if len(self.buf) < 0x4000:
+                self._seen[suffix] = len(self.buf)
+            self.buf.append(len(labels[i]))
+            self.buf += labels[i]
+        self.buf.append(0)
+
+    def rr(self, rr: _RR) -> None:
+        self.name(rr.owner)
+        self.buf += struct.pack("!HHI", rr.rtype, _CLASS_IN, rr.ttl)
+        at = len(self.buf)
+        self.buf += b"\0\0"
+        for part in rr.rdata:
+            if isinstance(part, bytes):
+                self.buf += part
+            else:
+                self.name(part)
+        struct.pack_into("!H", self.buf, at, len(self.buf) - at - 2)
+
+
+def _message(
+    qid: int,
+    query_flags: int,
+    query: _Query | None,
+    rcode: int,
+    *,
+    aa: bool = False,
+    tc: bool = False,
+    answers: Sequence[_RR] = (),
+    authority: Sequence[_RR] = (),
+) -> bytes:
+    """Encode a response; opcode, RD and CD are copied from the query (RFC 1035, 6840)."""
+    flags = _QR | _RA | (query_flags & (0x7800 | _RD | _CD)) | (rcode & 0xF)
+    if aa:
+        flags |= _AA
+    if tc:
+        flags |= _TC
+    edns = query.edns if query is not None else None
+    w = _Writer()
+    w.buf += _HEADER.pack(
+        qid,
+        flags,
+        0 if query is None else 1,
+        len(answers),
+        len(authority),
+        0 if edns is None else 1,
+    )
+    if query is not None:
+        w.name(query.qname)
+        w.buf += struct.pack("!HH", query.qtype, query.qclass)
+    for rr in (*answers, *authority):
+        w.rr(rr)
+    if edns is not None:
+        ttl = ((rcode >> 4) << 24) | (0x8000 if edns.do else 0)
+        w.buf += b"\0" + struct.pack("!HHIH", _TYPE_OPT, _UDP_EDNS, ttl, 0)
+    return bytes(w.buf)
+
+
+def _failure(query_bytes: bytes, rcode: int) -> bytes:
+    """An error reply (SERVFAIL...) to a query handle_query already accepted."""
+    qid, flags = struct.unpack_from("!HH", query_bytes)
+    try:
+        query: _Query | None = _parse(query_bytes)
+    except _FormatError:
+        query = None
+    return _message(qid, flags, query, rcode)
+
+
+# --------------------------------------------------------------------------
+# Answering
+
+
+def handle_query(zone: Zone, data: bytes, *, udp: bool = False) -> Reply | Forward | None:
+    """Decide what to do with one DNS message; pure, and never raises.
+
+    Returns None for what deserves no answer (too short for a header, or itself a
+    response: answering those enables reflection loops). ``udp=True`` truncates an
+    answer that exceeds the client's UDP buffer (512 bytes, or its EDNS size up to
+    1232) so it retries over TCP.
+    """
+    data = bytes(data)
+    if len(data) < _HEADER.size:
+        return None
+    qid, flags = struct.unpack_from("!HH", data)
+    if flags & _QR:
+        return None
+    try:
+        query: _Query | None = _parse(data)
+    except _FormatError:
+        query = None
+    if (flags >> 11) & 0xF != 0:  # only QUERY; not IQUERY, STATUS, NOTIFY, UPDATE...
+        return Reply(_message(qid, flags, query, _NOTIMP))
+    if query is None:
+        return Reply(_message(qid, flags, None, _FORMERR))
+    if query.edns is not None and query.edns.version != 0:
+        return Reply(_message(qid, flags, query, _BADVERS))
+    answer = _answer(zone, query)
+    if answer is None:
+        return Forward(data, qid)
+    rcode, aa, answers, authority = answer
+    wire = _message(qid, flags, query, rcode, aa=aa, answers=answers, authority=authority)
+    if udp:
+        limit = _UDP_PLAIN
+        if query.edns is not None:
+            limit = min(max(query.edns.payload, _UDP_PLAIN), _UDP_EDNS)
+        if len(wire) > limit:
+            wire = _message(qid, flags, query, rcode, aa=aa, tc=True)
+    return Reply(wire)
+
+
+_Answer = tuple[int, bool, list[_RR], list[_RR]]  # rcode, AA, answer, authority
+
+
+def _answer(zone: Zone, query: _Query) -> _Answer | None:
+    """Our answer for the question, or None when it belongs upstream."""
+    snap = zone._snap  # read once: a concurrent set_records swaps the whole snapshot
+    name = tuple(label.lower() for label in query.qname)
+    origin = zone._labels
+    inside = len(name) >= len(origin) and name[len(name) - len(origin) :] == origin
+    if inside:
+        return _answer_zone(zone, snap, query, name[: len(name) - len(origin)])
+    address = _reverse_address(name)
+    if address is not None and address in snap.reverse:
+        if query.qclass not in (_CLASS_IN, _CLASS_ANY):
+            return _REFUSED, False, [], []
+        if query.qtype not in (_TYPE_PTR, _TYPE_ANY):
+            return _NOERROR, True, [], []  # NODATA; the reverse zone is not ours to give an SOA
+        return (
+            _NOERROR,
+            True,
+            [_RR(query.qname, _TYPE_PTR, zone.ttl, ((key, *origin),)) for key in snap.reverse[address]],
+            [],
+        )
+    return None
+
+
+def _answer_zone(zone: Zone, snap: _Snapshot, query: _Query, relative: _Name) -> _Answer:
+    if query.qclass not in (_CLASS_IN, _CLASS_ANY):
+        return _REFUSED, False, [], []
+    origin = zone._labels
+    ttl = zone.ttl
+    soa = _RR(
+        origin,
+        _TYPE_SOA,
+        ttl,
+        (
+            origin,  # MNAME: the node is the zone's only server and answers at the apex
+            (b"hostmaster", *origin),
+            struct.pack("!IIIII", snap.serial, _SOA_REFRESH, _SOA_RETRY, _SOA_EXPIRE, ttl),
+        ),
+    )
+    qtype = query.qtype
+    if qtype in (_TYPE_AXFR, _TYPE_IXFR):
+        return _REFUSED, False, [], []  # devices may list each other only by asking
+    if not relative:
+        ns = _RR(origin, _TYPE_NS, ttl, (origin,))
+        apex = {_TYPE_SOA: [soa], _TYPE_NS: [ns], _TYPE_ANY: [soa, ns]}.get(qtype, [])
+        return _NOERROR, True, apex, [] if apex else [soa]
+    entry = snap.names.get(relative[0]) if len(relative) == 1 else None
+    if entry is None:
+        return _NXDOMAIN, True, [], [soa]
+    answers: list[_RR] = []
+    if qtype in (_TYPE_A, _TYPE_ANY):
+        answers += [_RR(query.qname, _TYPE_A, ttl, (a,)) for a in entry.a]
+    if qtype in (_TYPE_AAAA, _TYPE_ANY):
+        answers += [_RR(query.qname, _TYPE_AAAA, ttl, (a,)) for a in entry.aaaa]
+    return _NOERROR, True, answers, [] if answers else [soa]
+
+
+def _reverse_address(name: _Name) -> _Address | None:
+    """The address a lower-cased in-addr.arpa / ip6.arpa name stands for, if complete."""
+    if len(name) == 6 and name[4:] == _IN_ADDR:
+        if all(_DECIMAL_RE.fullmatch(octet) for octet in name[:4]):
+            octets = [int(octet) for octet in reversed(name[:4])]
+            if max(octets) <= 255:
+                return ipaddress.IPv4Address(bytes(octets))
+    elif (
+        len(name) == 34
+        and name[32:] == _IP6
+        and all(len(nibble) == 1 and nibble[0] in _HEX for nibble in name[:32])
+    ):
+        return ipaddress.IPv6Address(bytes.fromhex(b"".join(reversed(name[:32])).decode()))
+    return None
+
+
+# --------------------------------------------------------------------------
+# The asyncio shell
+
+_FORWARD_TIMEOUT = 2.0  # whole budget per forwarded query, all upstreams included
+_STAGGER = 0.5  # ask the next upstream if the previous one is silent this long
+_TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 suggests seconds, not minutes, for a busy server
+_MAX_TCP_QUERY = 4096  # real queries are < 512 bytes; bigger ones are abuse
+_MAX_TCP_CLIENTS = 64
+_MAX_PIPELINE = 16  # queries answered concurrently on one TCP connection
+_MAX_FORWARDS = 256  # concurrent upstream queries; each costs a socket
+_BIND_WAIT = 3.0  # a new IPv6 address is "tentative" (unbindable) until DAD ends, ~1-2 s
+_RESOLV_CONF = Path("/etc/resolv.conf")
+_RESOLVED_CONF = Path("/run/systemd/resolve/resolv.conf")  # resolved's real upstreams
+_RESOLVED_STUBS = frozenset({"127.0.0.53", "127.0.0.54"})
+
+_Upstream = tuple[str, int]
+
+
+class DnsServer:
+    """Serves a Zone over UDP and TCP on the overlay addresses and forwards the rest."""
+
+    def __init__(
+        self,
+        zone: Zone,
+        upstreams: Sequence[str] | None = None,
+        *,
+        forward_timeout: float = _FORWARD_TIMEOUT,
+        tcp_idle_timeout: float = _TCP_IDLE_TIMEOUT,
+    ) -> None:
+        """``upstreams`` are ``IP``, ``IP:port`` or ``[IPv6]:port``; [] forwards nothing
+        (SERVFAIL) and None reads /etc/resolv.conf at start(), skipping our own addresses.
+        """
+        self._zone = zone
+        if isinstance(upstreams, str):
+            upstreams = [upstreams]
+        self._configured = None if upstreams is None else [_parse_upstream(u) for u in upstreams]
+        self._upstreams: list[_Upstream] = []
+        self._forward_timeout = forward_timeout
+        self._tcp_idle_timeout = tcp_idle_timeout
+        self._udp: list[tuple[asyncio.DatagramTransport, _UdpListener]] = []
+        self._tcp: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._bound: list[tuple[str, int]] = []
+        self._forwarding = 0
+        self._connections = 0
+        self._running = False
+
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """(address, port) listened on, UDP and TCP alike, one entry per address."""
+        return list(self._bound)
+
+    @property
+    def upstreams(self) -> list[tuple[str, int]]:
+        """(address, port) of the resolvers names outside the zone go to, in order."""
+        return list(self._upstreams)
+
+    async def start(self, addresses: Sequence[str], port: int = 53) -> None:
+        """Listen on UDP and TCP ``port`` of each address (IPv4 or IPv6).
+
+        IPv6 sockets are V6ONLY so an IPv4 socket on the same port never clashes. An
+        address must be on an interface already; one added moments ago may still be
+        tentative (IPv6 DAD), so binding is retried for a few seconds. Callers who
+        create the address can avoid the wait with ``ip addr add ... nodad``.
+        Port 0 picks one free port shared by every address (for tests). Raises
+        HostError if a socket cannot be had, InvalidInput for a bad address.
+        """
+        if self._running:
+            raise RuntimeError("DnsServer.start() called twice")
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        hosts = list(dict.fromkeys(_listen_host(a) for a in addresses))
+        if not hosts:
+            raise InvalidInput("The DNS server needs at least one address to listen on.")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidInput(f"DNS port {port!r} is not a port number.")
+        for attempt in range(20 if port == 0 else 1):
+            try:
+                sockets, chosen = await _bind_all(hosts, port)
+                break
+            except _PortTaken:
+                if attempt == 19:
+                    raise HostError("Could not find a free port for the DNS server.") from None
+        loop = asyncio.get_running_loop()
+        try:
+            for udp, tcp in sockets:
+                transport, listener = await loop.create_datagram_endpoint(
+                    lambda: _UdpListener(self), sock=udp
+                )
+                self._udp.append((transport, listener))
+                self._tcp.append(await asyncio.start_server(self._serve_tcp, sock=tcp))
+        except BaseException:
+            await self._close_listeners()
+            for udp, tcp in sockets:  # those not yet handed to a transport
+                udp.close()
+                tcp.close()
+            raise
+        self._running = True
+        self._bound = [(host.split("%")[0], chosen) for host in hosts]
+        mine = {(_same_host(host), chosen) for host in hosts}
+        if self._configured is None:
+            candidates = _system_upstreams(_RESOLV_CONF, _RESOLVED_CONF)
+        else:
+            candidates = self._configured
+        self._upstreams = [u for u in candidates if (_same_host(u[0]), u[1]) not in mine]
+        if len(self._upstreams) < len(candidates):
+            log.warning("DNS: not forwarding to our own listening addresses")
+        if not self._upstreams:
+            log.warning("DNS: no upstream resolver; names outside .%s get SERVFAIL", self._zone.origin)
+
+    async def stop(self) -> None:
+        """Close every socket and abandon queries in flight; start() may be called again."""
+        self._running = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await self._close_listeners()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._bound = []
+        self._upstreams = []
+
+    async def _close_listeners(self) -> None:
+        for transport, _ in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+        for _, listener in self._udp:  # the socket closes a loop iteration later: wait,
+            await listener.closed  # so the port is free once stop() returns
+        for server in self._tcp:
+            await server.wait_closed()
+        self._udp = []
+        self._tcp = []
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- UDP --------------------------------------------------------------
+
+    def _on_datagram(self, transport: asyncio.DatagramTransport, data: bytes, addr: Any) -> None:
+        try:
+            result = handle_query(self._zone, data, udp=True)
+        except Exception:  # a bug must not silence DNS for everyone else
+            log.exception("DNS: failed to handle a query")
+            return
+        if isinstance(result, Reply):
+            transport.sendto(result.data, addr)
+        elif isinstance(result, Forward):
+            self._spawn(self._relay_udp(transport, result, addr))
+
+    async def _relay_udp(self, transport: asyncio.DatagramTransport, fwd: Forward, addr: Any) -> None:
+        reply = await self._forward(fwd, tcp=False)
+        if not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    # -- TCP (RFC 7766) ---------------------------------------------------
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or not self._running or self._connections >= _MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self._connections += 1
+        self._tasks.add(task)  # so stop() can cancel it
+        slots = asyncio.Semaphore(_MAX_PIPELINE)
+        send_lock = asyncio.Lock()
+        answering: set[asyncio.Task[None]] = set()
+        try:
+            while (message := await self._read_message(reader)) is not None:
+                await slots.acquire()  # stop reading while the pipeline is full
+                child = asyncio.get_running_loop().create_task(
+                    self._answer_tcp(message, writer, send_lock, slots)
+                )
+                answering.add(child)
+                child.add_done_callback(answering.discard)
+            if answering:  # the client may half-close after its last query
+                await asyncio.wait(answering)
+        finally:
+            for child in answering:
+                child.cancel()
+            writer.close()
+            self._connections -= 1
+            self._tasks.discard(task)
+
+    async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
+        """The next length-prefixed message, or None: EOF, idle, or oversized."""
+        try:
+            async with asyncio.timeout(self._tcp_idle_timeout):
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                if not 12 <= size <= _MAX_TCP_QUERY:
+                    return None
+                return await reader.readexactly(size)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def _answer_tcp(
+        self,
+        message: bytes,
+        writer: asyncio.StreamWriter,
+        send_lock: asyncio.Lock,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            result = handle_query(self._zone, message)
+            if isinstance(result, Forward):
+                data = await self._forward(result, tcp=True)
+            elif isinstance(result, Reply):
+                data = result.data
+            else:
+                return
+            async with send_lock:  # one frame at a time; replies may go out of order
+                writer.write(len(data).to_bytes(2, "big") + data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        except Exception:
+            log.exception("DNS: failed to answer over TCP")
+        finally:
+            slots.release()
+
+    # -- forwarding -------------------------------------------------------
+
+    async def _forward(self, fwd: Forward, *, tcp: bool) -> bytes:
+        """The upstream answer under the client's id, or SERVFAIL after the time budget."""
+        question = _question(fwd.query)
+        if not self._upstreams or question is None or self._forwarding >= _MAX_FORWARDS:
+            return _failure(fwd.query, _SERVFAIL)
+        self._forwarding += 1
+        try:
+            async with asyncio.timeout(self._forward_timeout):
+                reply = await self._race(fwd.query, question, tcp)
+        except TimeoutError:
+            reply = None
+        finally:
+            self._forwarding -= 1
+        if reply is None:
+            return _failure(fwd.query, _SERVFAIL)
+        return fwd.query_id.to_bytes(2, "big") + reply[2:]
+
+    async def _race(self, query: bytes, question: _Question, tcp: bool) -> bytes | None:
+        """Ask upstreams in order, starting the next when one fails or stays silent.
+
+        A quick SERVFAIL/REFUSED does not end the race: another upstream may know.
+        """
+        waiting = list(self._upstreams)
+        pending: set[asyncio.Task[bytes]] = set()
+        fallback: bytes | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while waiting or pending:
+                if waiting:
+                    host, port = waiting.pop(0)
+                    pending.add(loop.create_task(_ask(host, port, query, question, tcp)))
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=_STAGGER if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    error = task.exception()
+                    if error is not None:
+                        log.debug("DNS: upstream failed: %r", error)
+                        continue
+                    reply = task.result()
+                    if reply[3] & 0xF in (_SERVFAIL, _REFUSED):
+                        fallback = reply
+                        continue
+                    return reply
+            return fallback
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+_Question = tuple[_Name, int, int]
+
+
+class _PortTaken(Exception):
+    """Port 0 picked a port some other address already uses: pick again."""
+
+
+class _UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # CPython's datagram transports do not subclass DatagramTransport: cast, not check.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self._transport is not None:
+            self._server._on_datagram(self._transport, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS: UDP error: %r", exc)  # ICMP from a client that went away
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _UpstreamUdp(asyncio.DatagramProtocol):
+    """Waits for the one datagram that answers our query; ignores strays and spoofs."""
+
+    def __init__(self, qid: int, question: _Question, reply: asyncio.Future[bytes]) -> None:
+        self._qid = qid
+        self._question = question
+        self._reply = reply
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self._reply.done() and _answers(data, self._qid, self._question):
+            self._reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self._reply.done():  # e.g. ECONNREFUSED: nothing listens there
+            self._reply.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._reply.done():
+            self._reply.set_exception(exc or ConnectionError("upstream socket closed"))
+
+
+def _answers(data: bytes, qid: int, question: _Question) -> bool:
+    """Whether ``data`` is the response to our query (same id and question)."""
+    if len(data) < _HEADER.size:
+        return False
+    rid, flags, qdcount = struct.unpack_from("!HHH", data)
+    if rid != qid or not flags & _QR:
+        return False
+    if qdcount == 0:
+        return bool(flags & 0xF != _NOERROR)  # FORMERR and friends may omit the question
+    return _question(data) == question
+
+
+async def _ask(host: str, port: int, query: bytes, question: _Question, tcp: bool) -> bytes:
+    """One upstream's answer: UDP, then TCP if it was truncated and the client is on TCP.
+
+    Each attempt gets a fresh socket (random source port) and a random id, so an
+    off-path attacker must guess both to spoof an answer.
+    """
+    reply = await _ask_udp(host, port, query, question)
+    if tcp and struct.unpack_from("!H", reply, 2)[0] & _TC:
+        reply = await _ask_tcp(host, port, query, question)
+    return reply
+
+
+async def _ask_udp(host: str, port: int, query: bytes, question: _Question) -> bytes:
+    loop = asyncio.get_running_loop()
+    qid = secrets.randbits(16)
+    reply: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UpstreamUdp(qid, question, reply), remote_addr=(host, port)
+    )
+    try:
+        transport.sendto(qid.to_bytes(2, "big") + query[2:])
+        return await reply
+    finally:
+        if not reply.done():
+            reply.cancel()
+        transport.close()
+
+
+async def _ask_tcp(host: str, port: int, query: bytes, question: _Question) -> bytes:
+    qid = secrets.randbits(16)
+    message = qid.to_bytes(2, "big") + query[2:]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(len(message).to_bytes(2, "big") + message)
+        await writer.drain()
+        while True:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            data = await reader.readexactly(size)
+            if _answers(data, qid, question):
+                return data
+    finally:
+        writer.close()
+
+
+# -- sockets and configuration ---------------------------------------------
+
+
+def _listen_host(address: str) -> str:
+    """Validate a listen address (an IP literal, IPv6 may carry %scope)."""
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidInput(f"{address!r} is not an IP address the DNS server can listen on.") from None
+
+
+def _same_host(host: str) -> str:
+    """Canonical form for "is this us": unspecified means this host's loopback."""
+    address = ipaddress.ip_address(host.split("%")[0])
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "::1"
+    return str(address)
+
+
+async def _bind_all(hosts: list[str], port: int) -> tuple[list[tuple[socket.socket, socket.socket]], int]:
+    """Bound UDP and TCP sockets for each host, all on one port (chosen if 0)."""
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    chosen = port
+    try:
+        for host in hosts:
+            udp = await _bind(host, chosen, socket.SOCK_DGRAM, picked=port == 0 and chosen != 0)
+            if chosen == 0:
+                chosen = udp.getsockname()[1]
+            try:
+                tcp = await _bind(host, chosen, socket.SOCK_STREAM, picked=port == 0)
+            except BaseException:
+                udp.close()
+                raise
+            pairs.append((udp, tcp))
+    except BaseException:
+        for udp, tcp in pairs:
+            udp.close()
+            tcp.close()
+        raise
+    return pairs, chosen
+
+
+async def _bind(host: str, port: int, kind: socket.SocketKind, *, picked: bool) -> socket.socket:
+    """A non-blocking socket bound to host:port, waiting out a tentative address."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=kind, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    )[0]
+    deadline = time.monotonic() + _BIND_WAIT
+    while True:
+        sock = socket.socket(family, kind)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:  # restart despite TIME_WAIT; never for UDP,
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # which would share
+            sock.setblocking(False)
+            sock.bind(sockaddr)
+            if kind == socket.SOCK_STREAM:
+                sock.listen(128)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRNOTAVAIL and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                continue
+            if exc.errno == errno.EADDRINUSE and picked:
+                raise _PortTaken from None
+            proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+            reason = {
+                errno.EADDRINUSE: "another program already uses it",
+                errno.EADDRNOTAVAIL: "no interface has that address",
+                errno.EACCES: "ports below 1024 need root",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise HostError(f"Cannot serve DNS on {host} {proto} port {port}: {reason}.") from None
+
+
+def _parse_upstream(text: str) -> _Upstream:
+    """``IP``, ``IP:port`` or ``[IPv6]:port`` (port 53 if absent) as (host, port)."""
+    bad = InvalidInput(f"DNS upstream {text!r} must be an IP address, optionally with :port.")
+    value = text.strip() if isinstance(text, str) else ""
+    host, port = value, "53"
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", value)
+    if bracketed:
+        host, port = bracketed[1], bracketed[2] or "53"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise bad from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad
+    return str(address), int(port)
+
+
+def _nameservers(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    servers = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            servers.append(fields[1])
+    return servers
+
+
+def _system_upstreams(resolv_conf: Path, resolved_conf: Path) -> list[_Upstream]:
+    """The host's resolvers from resolv.conf.
+
+    If it names only systemd-resolved's stub, use resolved's own upstreams instead:
+    the stub may well be configured to ask us, which would loop.
+    """
+    servers = _nameservers(resolv_conf)
+    if servers and all(s in _RESOLVED_STUBS for s in servers):
+        servers = _nameservers(resolved_conf) or servers
+    upstreams: list[_Upstream] = []
+    for server in servers:
+        try:
+            upstreams.append(_parse_upstream(server))
+        except InvalidInput:
+            log.warning("DNS: ignoring nameserver %r in %s", server, resolv_conf)
+    return upstreams
