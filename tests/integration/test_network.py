@@ -59,7 +59,7 @@ def net(lab: Lab) -> Iterator[Net]:
     inet = lab.add_host("inet")
     lab.connect(inet, inet_seg, INET_HOST, "2001:db8:19::2")
     devices = {}
-    for i, name in enumerate(("d1", "d2", "d3", "d4", "d5"), start=11):
+    for i, name in enumerate(("d1", "d2", "d3", "d4", "d5", "d6"), start=11):
         host = lab.add_host(name)
         lab.connect(host, ul, f"198.18.0.{i}", f"2001:db8:18::{i}")
         host.write_resolv_conf("")
@@ -171,6 +171,7 @@ def test_full_tunnel_reaches_the_internet_through_nat(net: Net) -> None:
     net.up("d4", net.hub.cli("device", "add", "d4", "--full-tunnel").stdout)
     assert "AllowedIPs = 0.0.0.0/0, ::/0" in net.configs["d4"]
     assert wait_for(lambda: d4.ping(INET_HOST), 10), "full-tunnel d4 cannot reach the internet"
+    assert d4.ping("2001:db8:19::2"), "full-tunnel d4 cannot reach the IPv6 internet (NAT66)"
     server = net.inet.popen("python3", "-c", TCP_PEER, "9090")
     try:
         assert wait_for(lambda: tcp_ok(d4, INET_HOST, 9090), 5)
@@ -222,6 +223,21 @@ def test_join_with_an_invite(net: Net) -> None:
                  "--config-dir", str(net.work / "y"), check=False)
     assert res.returncode == 2 and "invite code is wrong" in res.stderr
     assert res.stderr.count("\n") == 1
+    # guessing codes is rate-limited; garbage is refused, not crashed on
+    codes = d5.run("python3", "-c", POST_GARBAGE, f"{url}/v1/enroll", "15").stdout.split()
+    assert codes[0] == "400" and "429" in codes, codes
+
+
+def test_device_that_keeps_its_own_key(net: Net) -> None:
+    d6 = net.devices["d6"]
+    private = d6.run("wg", "genkey").stdout.strip()
+    public = d6.run("wg", "pubkey", input=private + "\n").stdout.strip()
+    conf = net.hub.cli("device", "add", "d6", "--pubkey", public).stdout
+    assert not re.search(r"^PrivateKey", conf, re.M)
+    conf = conf.replace("[Interface]\n", f"[Interface]\nPrivateKey = {private}\n", 1)
+    net.up("d6", conf)
+    assert wait_for(lambda: d6.ping(net.addr("d1")), 10), "own-key device cannot reach d1"
+    assert d6.ping(net.addr("d2", 6))
 
 
 def test_revoked_device_stops_within_one_second(net: Net) -> None:
@@ -369,6 +385,17 @@ proto = "icmp"
 [[allow]]
 from = ["d1"]
 to = ["*"]
+"""
+
+POST_GARBAGE = """
+import sys, urllib.request, urllib.error
+for _ in range(int(sys.argv[2])):
+    req = urllib.request.Request(sys.argv[1], data=b"{not json", method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        print(200)
+    except urllib.error.HTTPError as exc:
+        print(exc.code)
 """
 
 TCP_CONNECT = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from conftest import CLOUDPAL, Hub
 
+from cloudpal.control import _UnixConnection
 from netlab import Host, Lab
 
 
@@ -79,6 +81,8 @@ def test_small_range_exhausts_cleanly_and_stops_on_sigint(lab: Lab) -> None:
         st = json.loads(hub.cli("status", "--json").stdout)
         assert st["node"] == "box" and st["addresses"][0] == "100.100.0.1"
         assert st["online"] == [] and st["devices"] == 5
+        _control_api_survives_garbage(home)
+        assert len(json.loads(hub.cli("device", "ls", "--json").stdout)) == 5
         assert oct((home / "control.sock").stat().st_mode & 0o777) == "0o600"
         assert oct((home / "state.db").stat().st_mode & 0o777) == "0o600"
         assert oct(home.stat().st_mode & 0o777) == "0o700"
@@ -89,3 +93,23 @@ def test_small_range_exhausts_cleanly_and_stops_on_sigint(lab: Lab) -> None:
     assert host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
     res = subprocess.run([CLOUDPAL, "--home", str(home), "status"], capture_output=True, text=True)
     _one_error_line(res, "not running")
+
+
+def _control_api_survives_garbage(home: Path) -> None:
+    """Random bodies on every write endpoint get a JSON answer, never a server error."""
+    rnd = random.Random(7)
+    paths = ["/devices", "/devices/d0/rename", "/devices/d0/renew", "/invites", "/acl",
+             "/acl/check", "/devices/ghost/revoke"]
+    samples = [b"", b"{", b"[]", b"null", b'{"name": 5}', b'{"name": "Bad!"}', b'{"uses": "x"}',
+               b'{"text": 1}', b'{"expires": 3}', b'{"port": "22"}', b'{"new_name": "d1"}']
+    samples += [rnd.randbytes(rnd.randrange(1, 200)) for _ in range(40)]
+    for body in samples:
+        for path in paths:
+            conn = _UnixConnection(str(home / "control.sock"), 10)
+            conn.request("POST", path, body=body)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            assert resp.status < 500, (path, body, resp.status, data)
+            if resp.status >= 400:
+                assert isinstance(json.loads(data)["error"], str)

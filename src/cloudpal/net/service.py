@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -142,6 +141,7 @@ class NetworkService:
         self.backend: Backend | None = None
         self._applied: dict[str, tuple[str, ...]] = {}
         self._ruleset = ""
+        self._next_expiry = float("inf")
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ------------------------------------------------------------
@@ -203,7 +203,8 @@ class NetworkService:
             await asyncio.sleep(1.0)
             ticks += 1
             try:
-                self._sync()
+                if time.time() >= self._next_expiry:
+                    self._sync()
                 if ticks % 30 == 0:
                     self._save_endpoints()
             except Exception:  # keep the hub running; the next tick retries
@@ -238,6 +239,7 @@ class NetworkService:
         now = time.time()
         devices = self.registry.devices()
         live = [d for d in devices if not d.expired(now)]
+        self._next_expiry = min((d.expires for d in live if d.expires), default=float("inf"))
         desired: dict[str, tuple[str, ...]] = {
             d.public_key: (f"{d.ipv4}/32", f"{d.ipv6}/128") for d in live
         }
@@ -433,14 +435,6 @@ def grant_config(grant: enroll.Grant, private_key: str | None) -> str:
         keepalive=grant.keepalive,
         name=grant.name,
     ))
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["HostError", "NetOptions", "NetworkService", "grant_config"]

@@ -17,7 +17,6 @@ from typing import Protocol
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudpal.errors import HostError
-from cloudpal.net import keys
 from cloudpal.net.hostnet import (
     create_wireguard_link,
     delete_link,
@@ -187,5 +186,3 @@ def choose_backend(iface: str, log_path: Path, prefer: str = "auto") -> Backend:
                 raise HostError(f"kernel WireGuard is not available here: {exc}") from exc
     return UserspaceBackend(iface, log_path)
 
-
-__all__ = ["Backend", "KernelBackend", "UserspaceBackend", "choose_backend", "keys"]
