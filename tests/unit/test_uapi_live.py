@@ -198,3 +198,29 @@ def test_thousands_of_peers_in_one_request(dev: Device) -> None:
     assert len(status.peers) == n
     assert status.peers[pubs[-1]].allowed_ips == [specs[-1].allowed_ips[0]]
     assert elapsed < 5, f"set+get of {n} peers took {elapsed:.1f}s"
+
+
+def test_kernel_backend_configuration_path(dev: Device) -> None:
+    """The kernel backend configures through the `wg` tool, which speaks netlink to the
+    kernel and the same UAPI to wireguard-go; driving wireguard-go with it checks every
+    line this backend writes and parses, on a host without the kernel module."""
+    from cloudpal.net.wireguard import KernelBackend
+
+    backend = KernelBackend(dev.iface)
+    priv = keys.generate_private_key()
+    peers = [keys.public_key(keys.generate_private_key()) for _ in range(3)]
+    backend.apply(private_key=priv, listen_port=51999, replace_peers=True, peers=[
+        PeerSpec(peers[0], ("100.64.0.2/32", "fd00::2/128")),
+        PeerSpec(peers[1], ("100.64.0.3/32",), endpoint="198.18.0.9:51820", keepalive=25),
+    ])
+    backend.apply(peers=[PeerSpec(peers[2], ("100.64.0.4/32",))])
+    st = backend.status()
+    assert st.public_key == keys.public_key(priv) and st.listen_port == 51999
+    assert set(st.peers) == set(peers)
+    assert sorted(st.peers[peers[0]].allowed_ips) == ["100.64.0.2/32", "fd00::2/128"]
+    assert st.peers[peers[1]].endpoint == "198.18.0.9:51820"
+    assert st.peers[peers[1]].keepalive == 25
+    assert st.peers[peers[2]].last_handshake is None
+    backend.apply(remove=[peers[0]])
+    assert set(backend.status().peers) == set(peers[1:])
+    assert set(dev.client.get().peers) == set(peers[1:])
