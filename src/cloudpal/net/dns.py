@@ -10,9 +10,10 @@ socket and never raising, so it can be tested and fuzzed on its own.
 :class:`DnsServer` is the thin asyncio shell that owns the UDP and TCP sockets and
 talks to the upstream resolvers.
 
-The wire format is parsed and written here rather than with dnslib: the parser
-must reject hostile input with FORMERR instead of a stray exception, and the
-subset needed (one question, A/AAAA/PTR/SOA/NS answers, EDNS) is small.
+dnslib reads and writes the wire format. Its parser raises more than DNSError on
+hostile input, so handle_query turns any parse failure into FORMERR. It also
+rejects labels that are not UTF-8, which DNS allows: such queries get FORMERR
+too. Upstream answers are relayed byte for byte, never re-encoded.
 """
 
 from __future__ import annotations
@@ -24,12 +25,32 @@ import logging
 import re
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+
+from dnslib import (
+    AAAA,
+    CLASS,
+    EDNS0,
+    NS,
+    OPCODE,
+    PTR,
+    QTYPE,
+    RCODE,
+    RR,
+    SOA,
+    A,
+    Buffer,
+    DNSBuffer,
+    DNSError,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
 
 from cloudpal.errors import HostError, InvalidInput
 
@@ -37,38 +58,10 @@ __all__ = ["DnsServer", "Forward", "Record", "Reply", "Zone", "handle_query"]
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------
-# Wire-format constants (RFC 1035, 3596, 6891)
-
-_TYPE_A = 1
-_TYPE_NS = 2
-_TYPE_SOA = 6
-_TYPE_PTR = 12
-_TYPE_AAAA = 28
-_TYPE_OPT = 41
-_TYPE_IXFR = 251
-_TYPE_AXFR = 252
-_TYPE_ANY = 255
-_CLASS_IN = 1
-_CLASS_ANY = 255
-
-_NOERROR = 0
-_FORMERR = 1
-_SERVFAIL = 2
-_NXDOMAIN = 3
-_NOTIMP = 4
-_REFUSED = 5
-_BADVERS = 16  # extended RCODE: upper 8 bits go in the OPT record
-
-_QR = 0x8000
-_AA = 0x0400
-_TC = 0x0200
-_RD = 0x0100
-_RA = 0x0080
-_CD = 0x0010
-
-_HEADER = struct.Struct("!HHHHHH")
-_MAX_NAME = 255
+_CLASSES = frozenset({CLASS.IN, CLASS.reverse["*"]})  # the classes we answer for: IN and ANY
+_TRANSFERS = frozenset({QTYPE.AXFR, QTYPE.IXFR})
+_BADVERS = 16  # extended RCODE (RFC 6891): the upper 8 bits go in the OPT record
+_COPIED_FLAGS = 0x7800 | 0x0100 | 0x0010  # opcode, RD and CD (RFC 1035, 6840)
 _UDP_PLAIN = 512  # limit for clients without EDNS (RFC 1035)
 _UDP_EDNS = 1232  # what we advertise and send at most: avoids IP fragmentation (DNS flag day 2020)
 
@@ -77,10 +70,10 @@ _SOA_REFRESH = 3600
 _SOA_RETRY = 600
 _SOA_EXPIRE = 86400
 
-_Name = tuple[bytes, ...]  # labels, as received (case preserved); b"" labels never occur
+_Name = tuple[bytes, ...]  # labels, as received (case preserved)
+_Question = tuple[_Name, int, int]  # lower-cased name, type, class
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_IN_ADDR = (b"in-addr", b"arpa")
-_IP6 = (b"ip6", b"arpa")
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _DECIMAL_RE = re.compile(rb"0|[1-9][0-9]{0,2}")
 _HEX = frozenset(b"0123456789abcdef")
@@ -120,11 +113,8 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     record: Record
-    a: tuple[bytes, ...]  # packed, ready for RDATA
-    aaaa: tuple[bytes, ...]
-
-
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+    a: tuple[Any, ...]  # dnslib A / AAAA rdata, ready to answer with
+    aaaa: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +122,7 @@ class _Snapshot:
     """Everything a query reads, swapped as one object so it never sees half an update."""
 
     names: dict[bytes, _Entry]
-    reverse: dict[_Address, tuple[bytes, ...]]
+    reverse: dict[_Address, tuple[Any, ...]]  # dnslib PTR rdata, sorted by name
     serial: int
 
 
@@ -184,15 +174,19 @@ class Zone:
             v6 = [_parse_v6(text, raw_name) for text in record.ipv6]
             names[key] = _Entry(
                 Record(tuple(map(str, v4)), tuple(map(str, v6))),
-                tuple(a.packed for a in v4),
-                tuple(a.packed for a in v6),
+                tuple(A(tuple(a.packed)) for a in v4),
+                tuple(AAAA(tuple(a.packed)) for a in v6),
             )
             addresses: list[_Address] = [*v4, *v6]
             for address in addresses:
                 reverse.setdefault(address, []).append(key)
+        ptrs = {
+            address: tuple(PTR(DNSLabel((key, *self._labels))) for key in sorted(keys))
+            for address, keys in reverse.items()
+        }
         # Serial only has to grow; time-based so a restarted node does not go backwards.
         serial = max((self._snap.serial + 1) & 0xFFFFFFFF, int(time.time()) & 0xFFFFFFFF)
-        self._snap = _Snapshot(names, {a: tuple(sorted(k)) for a, k in reverse.items()}, serial)
+        self._snap = _Snapshot(names, ptrs, serial)
 
     def lookup(self, name: str) -> Record | None:
         """The addresses of ``name``, relative (``laptop``) or in the zone (``laptop.pal.``)."""
@@ -235,199 +229,93 @@ def _parse_v6(text: str, owner: str) -> ipaddress.IPv6Address:
 
 
 # --------------------------------------------------------------------------
-# Wire format: parsing
+# Wire format (dnslib)
 
 
-class _FormatError(Exception):
-    """The message is not well-formed DNS; the caller answers FORMERR."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Edns:
-    payload: int  # the client's UDP buffer size
-    version: int
-    do: bool  # DNSSEC OK; copied into the reply (RFC 3225)
-
-
-@dataclass(frozen=True, slots=True)
-class _Query:
-    qid: int
-    flags: int
-    qname: _Name
-    qtype: int
-    qclass: int
-    edns: _Edns | None
-
-
-def _read_name(data: bytes, offset: int, *, pointers: bool) -> tuple[_Name, int]:
-    """Decode a name at ``offset``; return its labels and the offset just after it.
-
-    Every compression pointer must jump strictly backwards from the previous jump, so
-    hostile pointer loops end after at most len(data) steps.
-    """
-    labels: list[bytes] = []
-    size = 1
-    end: int | None = None
-    floor = offset
-    pos = offset
-    while True:
-        if pos >= len(data):
-            raise _FormatError
-        length = data[pos]
-        if length >= 0xC0:
-            if not pointers or pos + 1 >= len(data):
-                raise _FormatError
-            target = ((length & 0x3F) << 8) | data[pos + 1]
-            if end is None:
-                end = pos + 2
-            if target >= floor:
-                raise _FormatError
-            floor = pos = target
-            continue
-        if length >= 0x40:  # extended label types (RFC 6891 deprecates them)
-            raise _FormatError
-        if length == 0:
-            return tuple(labels), (pos + 1 if end is None else end)
-        size += length + 1
-        if size > _MAX_NAME or pos + 1 + length > len(data):
-            raise _FormatError
-        labels.append(data[pos + 1 : pos + 1 + length])
-        pos += 1 + length
-
-
-def _parse(data: bytes) -> _Query:
-    """Parse a query that must carry exactly one question; raise _FormatError otherwise."""
-    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
-    if qdcount != 1:
-        raise _FormatError
-    # Nothing precedes the question but the header, so a pointer in it is nonsense.
-    qname, pos = _read_name(data, _HEADER.size, pointers=False)
-    if pos + 4 > len(data):
-        raise _FormatError
-    qtype, qclass = struct.unpack_from("!HH", data, pos)
-    pos += 4
-    edns: _Edns | None = None
-    before_additional = ancount + nscount
-    for index in range(ancount + nscount + arcount):
-        owner, pos = _read_name(data, pos, pointers=True)
-        if pos + 10 > len(data):
-            raise _FormatError
-        rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", data, pos)
-        pos += 10 + rdlength
-        if pos > len(data):
-            raise _FormatError
-        if rtype == _TYPE_OPT:
-            if index < before_additional or owner or edns is not None:
-                raise _FormatError  # RFC 6891 6.1.1: one OPT, root owner, additional section
-            edns = _Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
-    return _Query(qid, flags, qname, qtype, qclass, edns)
-
-
-def _question(data: bytes) -> tuple[_Name, int, int] | None:
-    """The lower-cased question of a message, to match upstream replies to our query."""
-    if len(data) < _HEADER.size or _HEADER.unpack_from(data)[2] != 1:
-        return None
+def _header(data: bytes) -> Any | None:
+    """The message's dnslib DNSHeader, or None if it is too short to have one."""
     try:
-        qname, pos = _read_name(data, _HEADER.size, pointers=False)
-    except _FormatError:
+        return DNSHeader.parse(Buffer(data))
+    except DNSError:
         return None
-    if pos + 4 > len(data):
+
+
+def _parse(data: bytes) -> Any | None:
+    """The message as a dnslib DNSRecord if it is a well-formed one-question query, else None."""
+    try:
+        record = DNSRecord.parse(data)
+        if len(record.questions) != 1:
+            return None
+        question = DNSBuffer()
+        record.q.pack(question)  # raises for a label over 63 bytes or a name over 255
+    except Exception:  # DNSError mostly, but pointer cycles raise RecursionError, and so on
         return None
-    qtype, qclass = struct.unpack_from("!HH", data, pos)
-    return tuple(label.lower() for label in qname), qtype, qclass
+    if data[12 : 12 + len(question.data)] != question.data:
+        return None  # compressed: nothing but the header precedes the question to point at
+    if any(rr.rtype == QTYPE.OPT for rr in (*record.rr, *record.auth)):
+        return None  # RFC 6891 6.1.1: one OPT, root owner, additional section
+    opts = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
+    if len(opts) > 1 or any(rr.rname.label for rr in opts):
+        return None
+    return record
 
 
-# --------------------------------------------------------------------------
-# Wire format: writing
+def _opt(query: Any) -> Any | None:
+    """The query's EDNS OPT record, if any."""
+    return next((rr for rr in query.ar if rr.rtype == QTYPE.OPT), None)
 
 
-@dataclass(frozen=True, slots=True)
-class _RR:
-    owner: _Name
-    rtype: int
-    ttl: int
-    rdata: tuple[bytes | _Name, ...]  # bytes verbatim, names (tuples) compressed
+def _question(data: bytes) -> _Question | None:
+    """The lower-cased question of a message, to match upstream replies to our query.
+
+    Only the header and question are read: an upstream answer is relayed as is, and a
+    record further on that dnslib cannot parse must not cost the client its answer.
+    """
+    buffer = DNSBuffer(data)
+    try:
+        if DNSHeader.parse(buffer).q != 1:
+            return None
+        question = DNSQuestion.parse(buffer)
+    except Exception:  # see _parse
+        return None
+    return tuple(label.lower() for label in question.qname.label), question.qtype, question.qclass
 
 
-class _Writer:
-    """A message under construction, compressing names against those already written."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self._seen: dict[_Name, int] = {}
-
-    def name(self, labels: _Name) -> None:
-        for i in range(len(labels)):
-            suffix = tuple(label.lower() for label in labels[i:])
-            target = self._seen.get(suffix)
-            if target is not None:
-                self.buf += struct.pack("!H", 0xC000 | target)
-                return
-            if len(self.buf) < 0x4000:
-                self._seen[suffix] = len(self.buf)
-            self.buf.append(len(labels[i]))
-            self.buf += labels[i]
-        self.buf.append(0)
-
-    def rr(self, rr: _RR) -> None:
-        self.name(rr.owner)
-        self.buf += struct.pack("!HHI", rr.rtype, _CLASS_IN, rr.ttl)
-        at = len(self.buf)
-        self.buf += b"\0\0"
-        for part in rr.rdata:
-            if isinstance(part, bytes):
-                self.buf += part
-            else:
-                self.name(part)
-        struct.pack_into("!H", self.buf, at, len(self.buf) - at - 2)
-
-
-def _message(
-    qid: int,
-    query_flags: int,
-    query: _Query | None,
+def _reply(
+    header: Any,
+    query: Any | None,
     rcode: int,
     *,
     aa: bool = False,
     tc: bool = False,
-    answers: Sequence[_RR] = (),
-    authority: Sequence[_RR] = (),
+    answers: Sequence[Any] = (),
+    authority: Sequence[Any] = (),
 ) -> bytes:
-    """Encode a response; opcode, RD and CD are copied from the query (RFC 1035, 6840)."""
-    flags = _QR | _RA | (query_flags & (0x7800 | _RD | _CD)) | (rcode & 0xF)
-    if aa:
-        flags |= _AA
-    if tc:
-        flags |= _TC
-    edns = query.edns if query is not None else None
-    w = _Writer()
-    w.buf += _HEADER.pack(
-        qid,
-        flags,
-        0 if query is None else 1,
-        len(answers),
-        len(authority),
-        0 if edns is None else 1,
+    """Encode a response to ``header``'s message; with ``query``, echo its question and EDNS."""
+    reply = DNSRecord(
+        DNSHeader(
+            id=header.id,
+            bitmap=header.bitmap & _COPIED_FLAGS,
+            qr=1,
+            ra=1,
+            aa=int(aa),
+            tc=int(tc),
+            rcode=rcode & 0xF,
+        ),
+        q=None if query is None else query.q,
+        rr=list(answers),
+        auth=list(authority),
     )
-    if query is not None:
-        w.name(query.qname)
-        w.buf += struct.pack("!HH", query.qtype, query.qclass)
-    for rr in (*answers, *authority):
-        w.rr(rr)
-    if edns is not None:
-        ttl = ((rcode >> 4) << 24) | (0x8000 if edns.do else 0)
-        w.buf += b"\0" + struct.pack("!HHIH", _TYPE_OPT, _UDP_EDNS, ttl, 0)
-    return bytes(w.buf)
+    opt = None if query is None else _opt(query)
+    if opt is not None:
+        flags = "do" if opt.edns_do else ""  # DNSSEC OK is copied (RFC 3225)
+        reply.add_ar(EDNS0(udp_len=_UDP_EDNS, ext_rcode=rcode >> 4, flags=flags))
+    return bytes(reply.pack())
 
 
-def _failure(query_bytes: bytes, rcode: int) -> bytes:
+def _failure(query: bytes, rcode: int) -> bytes:
     """An error reply (SERVFAIL...) to a query handle_query already accepted."""
-    qid, flags = struct.unpack_from("!HH", query_bytes)
-    try:
-        query: _Query | None = _parse(query_bytes)
-    except _FormatError:
-        query = None
-    return _message(qid, flags, query, rcode)
+    return _reply(_header(query), _parse(query), rcode)
 
 
 # --------------------------------------------------------------------------
@@ -435,112 +323,94 @@ def _failure(query_bytes: bytes, rcode: int) -> bytes:
 
 
 def handle_query(zone: Zone, data: bytes, *, udp: bool = False) -> Reply | Forward | None:
-    """Decide what to do with one DNS message; pure, and never raises.
+    """What to do with one DNS message from a client.
 
     Returns None for what deserves no answer (too short for a header, or itself a
-    response: answering those enables reflection loops). ``udp=True`` truncates an
-    answer that exceeds the client's UDP buffer (512 bytes, or its EDNS size up to
-    1232) so it retries over TCP.
+    response: answering those enables reflection loops). A message with a header but
+    a body that does not parse gets FORMERR. ``udp=True`` truncates an answer that
+    exceeds the client's UDP buffer (512 bytes, or its EDNS size up to 1232) so it
+    retries over TCP.
     """
     data = bytes(data)
-    if len(data) < _HEADER.size:
+    header = _header(data)
+    if header is None or header.qr:
         return None
-    qid, flags = struct.unpack_from("!HH", data)
-    if flags & _QR:
-        return None
-    try:
-        query: _Query | None = _parse(data)
-    except _FormatError:
-        query = None
-    if (flags >> 11) & 0xF != 0:  # only QUERY; not IQUERY, STATUS, NOTIFY, UPDATE...
-        return Reply(_message(qid, flags, query, _NOTIMP))
+    query = _parse(data)
+    if header.opcode != OPCODE.QUERY:  # not IQUERY, STATUS, NOTIFY, UPDATE...
+        return Reply(_reply(header, query, RCODE.NOTIMP))
     if query is None:
-        return Reply(_message(qid, flags, None, _FORMERR))
-    if query.edns is not None and query.edns.version != 0:
-        return Reply(_message(qid, flags, query, _BADVERS))
-    answer = _answer(zone, query)
+        return Reply(_reply(header, None, RCODE.FORMERR))
+    opt = _opt(query)
+    if opt is not None and opt.edns_ver != 0:
+        return Reply(_reply(header, query, _BADVERS))
+    answer = _answer(zone, query.q)
     if answer is None:
-        return Forward(data, qid)
+        return Forward(data, header.id)
     rcode, aa, answers, authority = answer
-    wire = _message(qid, flags, query, rcode, aa=aa, answers=answers, authority=authority)
+    wire = _reply(header, query, rcode, aa=aa, answers=answers, authority=authority)
     if udp:
-        limit = _UDP_PLAIN
-        if query.edns is not None:
-            limit = min(max(query.edns.payload, _UDP_PLAIN), _UDP_EDNS)
+        limit = _UDP_PLAIN if opt is None else min(max(opt.edns_len, _UDP_PLAIN), _UDP_EDNS)
         if len(wire) > limit:
-            wire = _message(qid, flags, query, rcode, aa=aa, tc=True)
+            wire = _reply(header, query, rcode, aa=aa, tc=True)
     return Reply(wire)
 
 
-_Answer = tuple[int, bool, list[_RR], list[_RR]]  # rcode, AA, answer, authority
+_Answer = tuple[int, bool, list[Any], list[Any]]  # rcode, AA, answer and authority RRs
 
 
-def _answer(zone: Zone, query: _Query) -> _Answer | None:
-    """Our answer for the question, or None when it belongs upstream."""
+def _answer(zone: Zone, question: Any) -> _Answer | None:
+    """Our answer for the question (a dnslib DNSQuestion), or None when it belongs upstream."""
     snap = zone._snap  # read once: a concurrent set_records swaps the whole snapshot
-    name = tuple(label.lower() for label in query.qname)
+    qname = question.qname
+    name = tuple(label.lower() for label in qname.label)
     origin = zone._labels
-    inside = len(name) >= len(origin) and name[len(name) - len(origin) :] == origin
-    if inside:
-        return _answer_zone(zone, snap, query, name[: len(name) - len(origin)])
+    if len(name) >= len(origin) and name[len(name) - len(origin) :] == origin:
+        return _answer_zone(zone, snap, question, name[: len(name) - len(origin)])
     address = _reverse_address(name)
-    if address is not None and address in snap.reverse:
-        if query.qclass not in (_CLASS_IN, _CLASS_ANY):
-            return _REFUSED, False, [], []
-        if query.qtype not in (_TYPE_PTR, _TYPE_ANY):
-            return _NOERROR, True, [], []  # NODATA; the reverse zone is not ours to give an SOA
-        return (
-            _NOERROR,
-            True,
-            [_RR(query.qname, _TYPE_PTR, zone.ttl, ((key, *origin),)) for key in snap.reverse[address]],
-            [],
-        )
-    return None
+    if address is None or address not in snap.reverse:
+        return None
+    if question.qclass not in _CLASSES:
+        return RCODE.REFUSED, False, [], []
+    if question.qtype not in (QTYPE.PTR, QTYPE.ANY):
+        return RCODE.NOERROR, True, [], []  # NODATA; the reverse zone is not ours to give an SOA
+    ptrs = [RR(qname, QTYPE.PTR, ttl=zone.ttl, rdata=ptr) for ptr in snap.reverse[address]]
+    return RCODE.NOERROR, True, ptrs, []
 
 
-def _answer_zone(zone: Zone, snap: _Snapshot, query: _Query, relative: _Name) -> _Answer:
-    if query.qclass not in (_CLASS_IN, _CLASS_ANY):
-        return _REFUSED, False, [], []
-    origin = zone._labels
+def _answer_zone(zone: Zone, snap: _Snapshot, question: Any, relative: _Name) -> _Answer:
+    qtype = question.qtype
+    if question.qclass not in _CLASSES or qtype in _TRANSFERS:
+        return RCODE.REFUSED, False, [], []  # devices may list each other only by asking
+    origin = DNSLabel(zone._labels)
     ttl = zone.ttl
-    soa = _RR(
-        origin,
-        _TYPE_SOA,
-        ttl,
-        (
-            origin,  # MNAME: the node is the zone's only server and answers at the apex
-            (b"hostmaster", *origin),
-            struct.pack("!IIIII", snap.serial, _SOA_REFRESH, _SOA_RETRY, _SOA_EXPIRE, ttl),
-        ),
-    )
-    qtype = query.qtype
-    if qtype in (_TYPE_AXFR, _TYPE_IXFR):
-        return _REFUSED, False, [], []  # devices may list each other only by asking
+    # MNAME: the node is the zone's only server and answers at the apex.
+    times = (snap.serial, _SOA_REFRESH, _SOA_RETRY, _SOA_EXPIRE, ttl)
+    soa = RR(origin, QTYPE.SOA, ttl=ttl, rdata=SOA(origin, DNSLabel((b"hostmaster", *zone._labels)), times))
     if not relative:
-        ns = _RR(origin, _TYPE_NS, ttl, (origin,))
-        apex = {_TYPE_SOA: [soa], _TYPE_NS: [ns], _TYPE_ANY: [soa, ns]}.get(qtype, [])
-        return _NOERROR, True, apex, [] if apex else [soa]
+        ns = RR(origin, QTYPE.NS, ttl=ttl, rdata=NS(origin))
+        apex = {QTYPE.SOA: [soa], QTYPE.NS: [ns], QTYPE.ANY: [soa, ns]}.get(qtype, [])
+        return RCODE.NOERROR, True, apex, [] if apex else [soa]
     entry = snap.names.get(relative[0]) if len(relative) == 1 else None
     if entry is None:
-        return _NXDOMAIN, True, [], [soa]
-    answers: list[_RR] = []
-    if qtype in (_TYPE_A, _TYPE_ANY):
-        answers += [_RR(query.qname, _TYPE_A, ttl, (a,)) for a in entry.a]
-    if qtype in (_TYPE_AAAA, _TYPE_ANY):
-        answers += [_RR(query.qname, _TYPE_AAAA, ttl, (a,)) for a in entry.aaaa]
-    return _NOERROR, True, answers, [] if answers else [soa]
+        return RCODE.NXDOMAIN, True, [], [soa]
+    answers: list[Any] = []
+    if qtype in (QTYPE.A, QTYPE.ANY):
+        answers += [RR(question.qname, QTYPE.A, ttl=ttl, rdata=rd) for rd in entry.a]
+    if qtype in (QTYPE.AAAA, QTYPE.ANY):
+        answers += [RR(question.qname, QTYPE.AAAA, ttl=ttl, rdata=rd) for rd in entry.aaaa]
+    return RCODE.NOERROR, True, answers, [] if answers else [soa]
 
 
 def _reverse_address(name: _Name) -> _Address | None:
     """The address a lower-cased in-addr.arpa / ip6.arpa name stands for, if complete."""
-    if len(name) == 6 and name[4:] == _IN_ADDR:
+    if len(name) == 6 and name[4:] == (b"in-addr", b"arpa"):
         if all(_DECIMAL_RE.fullmatch(octet) for octet in name[:4]):
             octets = [int(octet) for octet in reversed(name[:4])]
             if max(octets) <= 255:
                 return ipaddress.IPv4Address(bytes(octets))
     elif (
         len(name) == 34
-        and name[32:] == _IP6
+        and name[32:] == (b"ip6", b"arpa")
         and all(len(nibble) == 1 and nibble[0] in _HEX for nibble in name[:32])
     ):
         return ipaddress.IPv6Address(bytes.fromhex(b"".join(reversed(name[:32])).decode()))
@@ -774,7 +644,7 @@ class DnsServer:
         """The upstream answer under the client's id, or SERVFAIL after the time budget."""
         question = _question(fwd.query)
         if not self._upstreams or question is None or self._forwarding >= _MAX_FORWARDS:
-            return _failure(fwd.query, _SERVFAIL)
+            return _failure(fwd.query, RCODE.SERVFAIL)
         self._forwarding += 1
         try:
             async with asyncio.timeout(self._forward_timeout):
@@ -784,7 +654,7 @@ class DnsServer:
         finally:
             self._forwarding -= 1
         if reply is None:
-            return _failure(fwd.query, _SERVFAIL)
+            return _failure(fwd.query, RCODE.SERVFAIL)
         return fwd.query_id.to_bytes(2, "big") + reply[2:]
 
     async def _race(self, query: bytes, question: _Question, tcp: bool) -> bytes | None:
@@ -812,7 +682,8 @@ class DnsServer:
                         log.debug("DNS: upstream failed: %r", error)
                         continue
                     reply = task.result()
-                    if reply[3] & 0xF in (_SERVFAIL, _REFUSED):
+                    header = _header(reply)  # not None: _answers checked the reply
+                    if header is not None and header.rcode in (RCODE.SERVFAIL, RCODE.REFUSED):
                         fallback = reply
                         continue
                     return reply
@@ -822,9 +693,6 @@ class DnsServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-
-
-_Question = tuple[_Name, int, int]
 
 
 class _PortTaken(Exception):
@@ -876,13 +744,11 @@ class _UpstreamUdp(asyncio.DatagramProtocol):
 
 def _answers(data: bytes, qid: int, question: _Question) -> bool:
     """Whether ``data`` is the response to our query (same id and question)."""
-    if len(data) < _HEADER.size:
+    header = _header(data)
+    if header is None or header.id != qid or not header.qr:
         return False
-    rid, flags, qdcount = struct.unpack_from("!HHH", data)
-    if rid != qid or not flags & _QR:
-        return False
-    if qdcount == 0:
-        return bool(flags & 0xF != _NOERROR)  # FORMERR and friends may omit the question
+    if header.q == 0:
+        return bool(header.rcode != RCODE.NOERROR)  # FORMERR and friends may omit the question
     return _question(data) == question
 
 
@@ -893,7 +759,8 @@ async def _ask(host: str, port: int, query: bytes, question: _Question, tcp: boo
     off-path attacker must guess both to spoof an answer.
     """
     reply = await _ask_udp(host, port, query, question)
-    if tcp and struct.unpack_from("!H", reply, 2)[0] & _TC:
+    header = _header(reply)  # not None: _answers checked the reply
+    if tcp and header is not None and header.tc:
         reply = await _ask_tcp(host, port, query, question)
     return reply
 
