@@ -425,6 +425,18 @@ def test_render_default_policy() -> None:
     assert out.endswith("}\n")
 
 
+def test_open_overlay_skips_connection_tracking_between_devices() -> None:
+    """An allow-all overlay is not filtered, so device-to-device packets bypass conntrack;
+    traffic to the node and any restrictive policy stay tracked (stateful)."""
+    body = [line.strip() for line in render(default_policy()).splitlines()]
+    assert "type filter hook prerouting priority raw; policy accept;" in body
+    hub4 = HOSTS["hub"].ipv4
+    assert (f'iifname "wg0" ip saddr {V4_NET} ip daddr {V4_NET} ip daddr != {hub4} notrack'
+            in body)
+    restrictive = render(parse_policy(EXAMPLE))
+    assert "notrack" not in restrictive and "chain untracked" not in restrictive
+
+
 def test_render_default_policy_does_not_depend_on_devices() -> None:
     few = {"hub": HOSTS["hub"]}
     assert render(default_policy(), few) == render(default_policy())

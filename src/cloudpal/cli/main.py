@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import click
 from cloudpal import __version__
 from cloudpal.cli.net import acl, device, invite, join_cmd, status
 from cloudpal.errors import CloudPalError
-from cloudpal.net import NetOptions, split_hostport
+from cloudpal.net import split_hostport
 from cloudpal.state import default_home
 
 
@@ -44,6 +43,9 @@ def up(home: Path, endpoint: str | None, listen_port: int | None, iface: str | N
        ipv4_range: str | None, zone: str | None, node_name: str | None,
        enroll_port: int | None, backend: str, dns_port: int) -> None:
     """Run the node in the foreground until SIGTERM or Ctrl-C."""
+    import asyncio
+
+    from cloudpal.net import NetOptions
     from cloudpal.net.hostnet import require_root
     from cloudpal.node import Node
 

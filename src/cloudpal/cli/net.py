@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from cloudpal.control import ControlClient
 from cloudpal.errors import InvalidInput, PolicyError
-from cloudpal.net import join, parse_duration, qr
+from cloudpal.net.names import parse_duration
 
 
 def _client(ctx: click.Context) -> ControlClient:
@@ -54,6 +52,8 @@ def _expiry(ts: float | None) -> str:
 
 
 def _emit_config(text: str, qr_file: Path | None, qr_terminal: bool) -> None:
+    from cloudpal.net import qr
+
     if qr_file:
         qr.write_png(text, str(qr_file))
         click.echo(f"QR code written to {qr_file}", err=True)
@@ -121,6 +121,9 @@ def device_config(ctx: click.Context, name: str, qr_file: Path | None, qr_termin
 @click.pass_context
 def device_ls(ctx: click.Context, as_json: bool) -> None:
     """List devices with their addresses, last handshake and traffic."""
+    from rich.console import Console
+    from rich.table import Table
+
     devices = _client(ctx).call("GET", "/devices")
     if as_json:
         _json(devices)
@@ -212,6 +215,8 @@ def invite_ls(ctx: click.Context) -> None:
 def join_cmd(url: str, code: str, name: str | None, iface: str, config_dir: Path,
              no_up: bool) -> None:
     """Join a node with an invite code: keys are made here, the tunnel comes up."""
+    from cloudpal.net import join
+
     name = name or socket.gethostname().split(".")[0].lower()
     grant, path = join(url, code, name, config_dir, iface, up=not no_up)
     click.echo(f"joined as {grant.name} ({', '.join(grant.addresses)}); config in {path}"

@@ -696,6 +696,17 @@ def render_nft(
             f"oifname != {iface} ip6 saddr {nets[6]} masquerade",
         ]),
     ]
+    if _overlay_open(policy):
+        # Nothing between devices is filtered, so connection tracking would only cost
+        # CPU on the data path: exempt device-to-device packets (not those to the node).
+        untracked = [
+            f"iifname {iface} {_ip(f)} saddr {nets[f]} {_ip(f)} daddr {nets[f]} "
+            f"{_ip(f)} daddr != {_address(node_host, f)} notrack"
+            for f in (4, 6)
+            if _address(node_host, f)
+        ]
+        chains.insert(0, ("untracked", "type filter hook prerouting priority raw; policy accept;",
+                          untracked))
     out = [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
     for name, base, body in chains:
         out.append(f"\tchain {name} {{")
@@ -705,6 +716,14 @@ def render_nft(
         out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _overlay_open(policy: Policy) -> bool:
+    """True when some rule lets every device reach every device on every port."""
+    return any(
+        "*" in r.sources and "*" in r.destinations and r.proto == "any" and not r.ports
+        for r in policy.rules
+    )
 
 
 def _ip(family: int) -> str:

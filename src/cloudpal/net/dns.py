@@ -115,6 +115,7 @@ class _Entry:
     record: Record
     a: tuple[Any, ...]  # dnslib A / AAAA rdata, ready to answer with
     aaaa: tuple[Any, ...]
+    addresses: tuple[_Address, ...]  # parsed, for the reverse (PTR) map
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class Zone:
         self._labels: _Name = tuple(label.encode("ascii") for label in labels)
         self._ttl = ttl
         self._snap = _Snapshot({}, {}, int(time.time()) & 0xFFFFFFFF)
+        self._ptr_cache: dict[bytes, Any] = {}
 
     @property
     def origin(self) -> str:
@@ -170,18 +172,26 @@ class Zone:
             key = name.encode("ascii")
             if key in names:
                 raise InvalidInput(f"The device name {raw_name!r} is used twice (case is ignored).")
-            v4 = [_parse_v4(text, raw_name) for text in record.ipv4]
-            v6 = [_parse_v6(text, raw_name) for text in record.ipv6]
-            names[key] = _Entry(
-                Record(tuple(map(str, v4)), tuple(map(str, v6))),
-                tuple(A(tuple(a.packed)) for a in v4),
-                tuple(AAAA(tuple(a.packed)) for a in v6),
-            )
-            addresses: list[_Address] = [*v4, *v6]
-            for address in addresses:
+            entry = self._snap.names.get(key)
+            if entry is None or entry.record != record:  # unchanged names are not re-parsed
+                v4 = [_parse_v4(text, raw_name) for text in record.ipv4]
+                v6 = [_parse_v6(text, raw_name) for text in record.ipv6]
+                entry = _Entry(
+                    Record(tuple(map(str, v4)), tuple(map(str, v6))),
+                    tuple(A(tuple(a.packed)) for a in v4),
+                    tuple(AAAA(tuple(a.packed)) for a in v6),
+                    tuple([*v4, *v6]),
+                )
+            names[key] = entry
+            for address in entry.addresses:
                 reverse.setdefault(address, []).append(key)
+        ptr_cache = self._ptr_cache
+        self._ptr_cache = {}
+        for key in names:
+            ptr = ptr_cache.get(key) or PTR(DNSLabel((key, *self._labels)))
+            self._ptr_cache[key] = ptr
         ptrs = {
-            address: tuple(PTR(DNSLabel((key, *self._labels))) for key in sorted(keys))
+            address: tuple(self._ptr_cache[key] for key in sorted(keys))
             for address, keys in reverse.items()
         }
         # Serial only has to grow; time-based so a restarted node does not go backwards.

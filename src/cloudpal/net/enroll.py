@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cloudpal.errors import InvalidInput
+from cloudpal.net import wgquick
 
 MAX_BODY = 4096
 PATH = "/v1/enroll"
@@ -126,3 +127,17 @@ def parse_error(body: bytes) -> str:
     except ValueError:
         pass
     return body[:200].decode("utf-8", "replace") or "no details"
+
+
+def grant_config(grant: Grant, private_key: str | None) -> str:
+    """The wg-quick config for a device, as the stock WireGuard apps read it."""
+    return wgquick.render(wgquick.DeviceConfig(
+        private_key=private_key,
+        addresses=tuple(grant.addresses),
+        dns=tuple(grant.dns),
+        hub_public_key=grant.hub_public_key,
+        endpoint=grant.endpoint,
+        allowed_ips=tuple(grant.allowed_ips),
+        keepalive=grant.keepalive,
+        name=grant.name,
+    ))

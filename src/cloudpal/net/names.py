@@ -34,3 +34,15 @@ def parse_duration(text: str) -> int:
     if not m or int(m.group(1)) == 0:
         raise InvalidInput(f"invalid duration {text!r}: use a number and s, m, h, d or w (e.g. 30d)")
     return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+def split_hostport(text: str, what: str = "endpoint") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"invalid {what} {text!r}: use HOST:PORT")
+    return host, int(port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

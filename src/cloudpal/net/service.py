@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudpal.errors import Conflict, Exhausted, HostError, InvalidInput, NotFound
-from cloudpal.net import acl, enroll, keys, wgquick
+from cloudpal.errors import Conflict, Exhausted, InvalidInput, NotFound
+from cloudpal.net import acl, enroll, keys
 from cloudpal.net.addressing import DEFAULT_IPV4_RANGE, AddressPlan, generate_ula48
 from cloudpal.net.dns import DnsServer, Record, Zone
+from cloudpal.net.enroll import grant_config
 from cloudpal.net.hostnet import (
     Sysctls,
     configure_interface,
@@ -26,7 +27,7 @@ from cloudpal.net.hostnet import (
     nft_delete_table,
     underlay_address,
 )
-from cloudpal.net.names import validate_name, validate_zone
+from cloudpal.net.names import join_hostport, split_hostport, validate_name, validate_zone
 from cloudpal.net.ratelimit import RateLimiter
 from cloudpal.net.registry import Device, Invite, Registry
 from cloudpal.net.uapi import PeerSpec
@@ -66,18 +67,6 @@ class Settings:
     private_key: str
     plan: AddressPlan
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def split_hostport(text: str, what: str = "endpoint") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"invalid {what} {text!r}: use HOST:PORT")
-    return host, int(port)
-
-
-def join_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def load_settings(db: Database, opts: NetOptions) -> Settings:
@@ -133,6 +122,9 @@ class NetworkService:
         self.opts = opts
         self.settings = load_settings(db, opts)
         self.registry = Registry(db, self.settings.plan)
+        # The daemon is the only writer, so it keeps the device table in memory and
+        # derives the data plane from it without re-reading the database each time.
+        self._devices = {d.name: d for d in self.registry.devices()}
         self.policy = self._load_policy()
         self.zone = Zone(self.settings.zone)
         self.dns = DnsServer(self.zone)
@@ -237,7 +229,7 @@ class NetworkService:
     def _sync(self, initial: bool = False) -> None:
         assert self.backend is not None
         now = time.time()
-        devices = self.registry.devices()
+        devices = list(self._devices.values())
         live = [d for d in devices if not d.expired(now)]
         self._next_expiry = min((d.expires for d in live if d.expires), default=float("inf"))
         desired: dict[str, tuple[str, ...]] = {
@@ -297,23 +289,28 @@ class NetworkService:
                    lifetime: int | None) -> dict[str, Any]:
         dev = self.registry.add(name, public_key=public_key, full_tunnel=full_tunnel,
                                 lifetime=lifetime, reserved=self.reserved)
+        self._devices[dev.name] = dev
         self._sync()
         log.info("device %s added (%s, %s)", dev.name, dev.ipv4, dev.ipv6)
         return {"device": self._device_json(dev, None), "config": self._config(dev)}
 
     def rename_device(self, old: str, new: str) -> dict[str, Any]:
         dev = self.registry.rename(old, new, reserved=self.reserved)
+        del self._devices[old]
+        self._devices[new] = dev
         self._sync()
         return self._device_json(dev, None)
 
     def revoke_device(self, name: str) -> dict[str, Any]:
         dev = self.registry.revoke(name)
+        del self._devices[name]
         self._sync()
         log.info("device %s revoked", name)
         return self._device_json(dev, None)
 
     def renew_device(self, name: str, lifetime: int | None) -> dict[str, Any]:
         dev = self.registry.renew(name, lifetime)
+        self._devices[name] = dev
         self._sync()
         return self._device_json(dev, None)
 
@@ -341,7 +338,8 @@ class NetworkService:
         assert self.backend is not None
         peers = self.backend.status().peers
         now = time.time()
-        return [self._device_json(d, peers.get(d.public_key), now) for d in self.registry.devices()]
+        devices = sorted(self._devices.values(), key=lambda d: d.index)
+        return [self._device_json(d, peers.get(d.public_key), now) for d in devices]
 
     def status(self) -> dict[str, Any]:
         assert self.backend is not None
@@ -392,13 +390,14 @@ class NetworkService:
             log.warning("enrollment from %s refused: %s", client, exc)
             status = 403 if "invite code is wrong" in str(exc) else 400
             return status, enroll.error_body(str(exc))
+        self._devices[dev.name] = dev
         self._sync()
         log.info("device %s enrolled from %s with invite %s", dev.name, client, invite.id)
         return 200, enroll.build_response(self._grant(dev), invite.secret)
 
     def apply_policy(self, text: str, source: str) -> dict[str, Any]:
         policy = acl.parse_policy(text, source)
-        devices = self.registry.devices()
+        devices = list(self._devices.values())
         ruleset = self._render(policy, devices)
         nft_apply(ruleset)  # refuses atomically; on failure the old ruleset stays
         self._ruleset = ruleset
@@ -417,24 +416,10 @@ class NetworkService:
             raise InvalidInput(f"unknown protocol {proto!r}: use tcp, udp or icmp")
         if port is not None and not 0 < port < 65536:
             raise InvalidInput(f"invalid port {port}")
-        d = acl.check(self.policy, src, dst, port, proto, self._hosts(self.registry.devices()),
+        d = acl.check(self.policy, src, dst, port, proto, self._hosts(list(self._devices.values())),
                       node=self.settings.node_name)
         return {"allowed": d.allowed, "explanation": d.explanation,
                 "rule": d.rule.index if d.rule else None}
 
 
-def grant_config(grant: enroll.Grant, private_key: str | None) -> str:
-    """The wg-quick config for a device, as the stock WireGuard apps read it."""
-    return wgquick.render(wgquick.DeviceConfig(
-        private_key=private_key,
-        addresses=tuple(grant.addresses),
-        dns=tuple(grant.dns),
-        hub_public_key=grant.hub_public_key,
-        endpoint=grant.endpoint,
-        allowed_ips=tuple(grant.allowed_ips),
-        keepalive=grant.keepalive,
-        name=grant.name,
-    ))
-
-
-__all__ = ["HostError", "NetOptions", "NetworkService", "grant_config"]
+__all__ = ["NetOptions", "NetworkService"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from cloudpal.errors import CloudPalError, HostError, InvalidInput
 from cloudpal.net import enroll, keys
+from cloudpal.net.enroll import grant_config
 from cloudpal.net.names import validate_name
 from cloudpal.net.registry import parse_invite_code
-from cloudpal.net.service import grant_config
 from cloudpal.state import atomic_write
 
 
