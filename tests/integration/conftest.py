@@ -41,6 +41,7 @@ class Hub:
         self.log = home.parent / f"{home.name}.log"
 
     def start(self, extra: list[str] | None = None, timeout: float = 20.0) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         log = open(self.log, "a")  # noqa: SIM115 - the child keeps it
         argv = ["ip", "netns", "exec", self.host.ns, CLOUDPAL, "--home", str(self.home), "up",
                 *(extra if extra is not None else self.args)]
@@ -51,7 +52,7 @@ class Hub:
             if self.proc.poll() is not None:
                 raise AssertionError(f"cloudpal up exited {self.proc.returncode}:\n"
                                      + self.log.read_text())
-            if (self.home / "control.sock").exists() and "ready" in self.log.read_text():
+            if "ready" in self.log.read_text()[offset:]:
                 return
             time.sleep(0.05)
         raise AssertionError("cloudpal up did not become ready:\n" + self.log.read_text())

@@ -113,3 +113,28 @@ def _control_api_survives_garbage(home: Path) -> None:
             assert resp.status < 500, (path, body, resp.status, data)
             if resp.status >= 400:
                 assert isinstance(json.loads(data)["error"], str)
+
+
+def test_restart_after_sigkill_reaps_the_leftover_wireguard_go(lab: Lab) -> None:
+    host = _host(lab, "n3")
+    home = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-n3-")) / "home"
+    iface = f"{lab.prefix}n3"
+    hub = Hub(host, home, iface, ["--interface", iface, "--endpoint", "198.18.7.1:51820"])
+    hub.start()
+    hub.cli("device", "add", "laptop")
+    assert hub.proc is not None
+    hub.proc.kill()  # the daemon dies without cleaning up
+    hub.proc.wait()
+    hub.proc = None
+    old = subprocess.run(["pgrep", "-f", f"wireguard-go -f {iface}$"], capture_output=True,
+                         text=True).stdout.split()
+    assert len(old) == 1, "expected the killed node's wireguard-go to survive it"
+    hub.start(extra=[])
+    try:
+        now = subprocess.run(["pgrep", "-f", f"wireguard-go -f {iface}$"], capture_output=True,
+                             text=True).stdout.split()
+        assert len(now) == 1 and now != old
+        assert len(host.run("wg", "show", iface, "peers").stdout.split()) == 1
+    finally:
+        assert hub.stop() == 0
+    assert iface not in host.run("ip", "-o", "link").stdout

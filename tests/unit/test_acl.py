@@ -401,22 +401,11 @@ def test_render_default_policy() -> None:
         "table inet cloudpal {",
     ]
     body = [line.strip() for line in lines]
-    assert 'iifname "wg0" oifname "wg0" jump overlay' in body
+    # the open default overlay is accepted first thing, with no per-rule chain
+    assert 'iifname "wg0" oifname "wg0" accept' in body
+    assert "jump overlay" not in out and "jump to_node" not in out
     assert 'iifname "wg0" oifname != "wg0" jump egress' in body
     assert 'iifname != "wg0" oifname "wg0" jump inbound' in body
-    assert 'iifname "wg0" jump to_node' in body
-    assert (
-        f'ip saddr {{ {V4_NET} }} ip daddr {{ {V4_NET} }} accept comment "rule 1 line 16"' in body
-    )
-    assert (
-        f'ip6 saddr {{ {V6_NET} }} ip6 daddr {{ {V6_NET} }} accept comment "rule 1 line 16"'
-        in body
-    )
-    # to_node: the rule reaches the node's own addresses only
-    to_node = body[body.index("chain to_node {") :]
-    assert 'ip saddr { 100.64.0.0/10 } ip daddr { 100.64.0.1 } accept comment "rule 1 line 16"' in (
-        to_node
-    )
     assert "ip saddr { 100.64.0.3 } accept" in body
     assert "ip6 saddr { fd12:3456:789a::3 } accept" in body
     assert f'oifname != "wg0" ip saddr {V4_NET} masquerade' in body
@@ -425,16 +414,22 @@ def test_render_default_policy() -> None:
     assert out.endswith("}\n")
 
 
-def test_open_overlay_skips_connection_tracking_between_devices() -> None:
-    """An allow-all overlay is not filtered, so device-to-device packets bypass conntrack;
-    traffic to the node and any restrictive policy stay tracked (stateful)."""
-    body = [line.strip() for line in render(default_policy()).splitlines()]
+def test_open_overlay_stays_out_of_connection_tracking() -> None:
+    """An allow-all overlay is not filtered, so its packets never touch conntrack: with no
+    full-tunnel device nothing is stateful at all; with one, NAT needs conntrack and the
+    device-to-device packets are exempted. A restrictive policy stays stateful."""
+    plain = render(default_policy())
+    assert " ct " not in plain and "notrack" not in plain and "masquerade" not in plain
+    body = [line.strip() for line in render(default_policy(), full_tunnel=[HOSTS["phone"]])
+            .splitlines()]
     assert "type filter hook prerouting priority raw; policy accept;" in body
     hub4 = HOSTS["hub"].ipv4
-    assert (f'iifname "wg0" ip saddr {V4_NET} ip daddr {V4_NET} ip daddr != {hub4} notrack'
-            in body)
-    restrictive = render(parse_policy(EXAMPLE))
-    assert "notrack" not in restrictive and "chain untracked" not in restrictive
+    assert f'iifname "wg0" ip daddr {V4_NET} ip daddr != {hub4} notrack' in body
+    restrictive = [line.strip() for line in render(parse_policy(EXAMPLE)).splitlines()]
+    assert "notrack" not in restrictive and 'iifname "wg0" jump to_node' in restrictive
+    assert 'iifname "wg0" oifname "wg0" jump overlay' in restrictive
+    to_node = restrictive[restrictive.index("chain to_node {"):]
+    assert "udp dport 53 accept" in to_node and "meta l4proto { icmp, ipv6-icmp } accept" in to_node
 
 
 def test_render_default_policy_does_not_depend_on_devices() -> None:

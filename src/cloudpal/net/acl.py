@@ -678,35 +678,42 @@ def render_nft(
             egress.append(f"{_ip(family)} saddr {{ {', '.join(addrs)} }} accept")
     egress.extend(_REJECT)
 
-    chains = [
+    # An open overlay (some rule allows * -> * on everything) needs no filtering
+    # between devices or towards the node, so its packets are accepted first thing
+    # and never touch connection tracking: CloudPal then adds nothing measurable
+    # to the data path. Conntrack is only switched on by stateful rules or NAT.
+    open_overlay = _overlay_open(policy)
+    forward = f"iifname {iface} oifname {iface} " + ("accept" if open_overlay else "jump overlay")
+    chains: list[tuple[str, str | None, list[str]]] = [
         ("forward", "type filter hook forward priority 0; policy accept;", [
-            f"iifname {iface} oifname {iface} jump overlay",
+            forward,
             f"iifname {iface} oifname != {iface} jump egress",
             f"iifname != {iface} oifname {iface} jump inbound",
         ]),
-        ("overlay", None, overlay),
-        ("egress", None, egress),
-        ("inbound", None, [_ESTABLISHED, "drop"]),
-        ("input", "type filter hook input priority 0; policy accept;", [
+    ]
+    if not open_overlay:
+        chains.append(("overlay", None, overlay))
+    chains.append(("egress", None, egress))
+    chains.append(("inbound", None, [_ESTABLISHED, "drop"] if tunnelled else ["drop"]))
+    if not open_overlay:
+        chains.append(("input", "type filter hook input priority 0; policy accept;", [
             f"iifname {iface} jump to_node",
-        ]),
-        ("to_node", None, to_node),
-        ("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
+        ]))
+        chains.append(("to_node", None, to_node))
+    if tunnelled:  # NAT only when some device uses the node as its exit
+        chains.append(("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
             f"oifname != {iface} ip saddr {nets[4]} masquerade",
             f"oifname != {iface} ip6 saddr {nets[6]} masquerade",
-        ]),
-    ]
-    if _overlay_open(policy):
-        # Nothing between devices is filtered, so connection tracking would only cost
-        # CPU on the data path: exempt device-to-device packets (not those to the node).
-        untracked = [
-            f"iifname {iface} {_ip(f)} saddr {nets[f]} {_ip(f)} daddr {nets[f]} "
-            f"{_ip(f)} daddr != {_address(node_host, f)} notrack"
-            for f in (4, 6)
-            if _address(node_host, f)
-        ]
-        chains.insert(0, ("untracked", "type filter hook prerouting priority raw; policy accept;",
-                          untracked))
+        ]))
+        if open_overlay:
+            # NAT switches conntrack on: keep device-to-device packets out of it.
+            # WireGuard's allowed-ips pin each source, so the destination decides.
+            chains.insert(0, ("untracked", "type filter hook prerouting priority raw; policy accept;", [
+                f"iifname {iface} {_ip(f)} daddr {nets[f]} {_ip(f)} daddr != {_address(node_host, f)} "
+                "notrack"
+                for f in (4, 6)
+                if _address(node_host, f)
+            ]))
     out = [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
     for name, base, body in chains:
         out.append(f"\tchain {name} {{")

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class Settings:
     enroll_port: int
     private_key: str
     plan: AddressPlan
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def load_settings(db: Database, opts: NetOptions) -> Settings:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from cloudpal.net.uapi import (
     socket_path,
     wait_ready,
 )
+from cloudpal.state import atomic_write
 
 
 class Backend(Protocol):
@@ -58,9 +60,40 @@ class UserspaceBackend:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = UapiClient(iface)
 
+    @property
+    def pid_file(self) -> Path:
+        return self.log_path.with_name("wireguard-go.pid")
+
+    def _reap_leftover(self) -> None:
+        """Stop the wireguard-go a killed earlier run of this node left behind.
+
+        The caller holds the home lock, so a wireguard-go recorded in this home
+        for this interface can only be such a leftover.
+        """
+        try:
+            pid = int(self.pid_file.read_text())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            argv = []
+        if len(argv) >= 3 and argv[0].endswith(b"wireguard-go") and argv[1:3] == [
+            b"-f", self.iface.encode()
+        ]:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            if link_exists(self.iface):
+                delete_link(self.iface)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+
     def start(self) -> None:
         require_tun()
         exe = require_tool(self.binary, "wireguard-go")
+        self._reap_leftover()
         if link_exists(self.iface):
             raise HostError(f"interface {self.iface} already exists: is another node running?")
         stale = Path(socket_path(self.iface))
@@ -70,6 +103,7 @@ class UserspaceBackend:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([exe, "-f", self.iface], stdout=log, stderr=log, env=env,
                                          start_new_session=True)
+        atomic_write(self.pid_file, f"{self.proc.pid}\n")
         try:
             wait_ready(self.iface, timeout=10.0)
         except TimeoutError:
@@ -86,6 +120,8 @@ class UserspaceBackend:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
         with contextlib.suppress(FileNotFoundError):
             Path(socket_path(self.iface)).unlink()
         with contextlib.suppress(Exception):
