@@ -4,7 +4,7 @@ VENV   ?= .venv
 HOME_DIR ?= /var/lib/cloudpal
 BIN    := $(VENV)/bin
 
-.PHONY: run test deps venv lint bench clean
+.PHONY: run test deps venv js lint bench clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -17,10 +17,16 @@ $(BIN)/cloudpal: pyproject.toml
 
 venv: $(BIN)/cloudpal
 
+# The JavaScript Hypercore stack the data pillar replicates with (pinned in js/package-lock.json).
+js/node_modules/.package-lock.json: js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+
+js: js/node_modules/.package-lock.json
+
 run: deps venv
 	$(BIN)/cloudpal --home $(HOME_DIR) up
 
-test: deps venv
+test: deps venv js
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider

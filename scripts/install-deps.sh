@@ -7,6 +7,11 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js runs the reference Hypercore peers; any node >= 18 with npm will do (the image may
+# ship its own build, which Debian's nodejs/npm packages must not replace).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${missing[*]}" >&2

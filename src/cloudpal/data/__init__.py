@@ -1,0 +1,1 @@
+"""The data pillar: Hypercore 11 in Python, wire-compatible with the JavaScript stack."""

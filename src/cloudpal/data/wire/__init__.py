@@ -1,0 +1,1 @@
+"""Sans-IO wire protocols: Noise XX, secretstream framing, protomux, replication messages."""
