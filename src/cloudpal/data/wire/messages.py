@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
+from cloudpal.data.crypto import Node
 from cloudpal.data.encoding import Reader, Writer
 from cloudpal.data.errors import DecodeError
 
@@ -61,14 +62,7 @@ class UnknownMessage(DecodeError):
 # ---- shared parts -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """A Merkle tree node as proofs carry it: flat-tree index, byte size, 32-byte hash."""
-
-    index: int
-    size: int
-    hash: bytes
-
+# Proofs carry Merkle tree nodes: the one Node type of the data pillar.
 
 def _write_node(w: Writer, n: Node) -> None:
     w.uint(n.index).uint(n.size).fixed(n.hash, 32)
