@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import click
 
-from cloudpal.errors import InvalidInput
+from cloudpal.errors import CloudPalError, InvalidInput
 
 
 def _store(ctx: click.Context) -> Any:
@@ -134,8 +134,11 @@ def core_seed(ctx: click.Context, core_ref: str, listen: str) -> None:
     def ready(addr: tuple[str, int]) -> None:
         click.echo(f"seeding {c.key.hex()} (length {c.length}) on {addr[0]}:{addr[1]}", err=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(seed(store, [c], host, port, on_ready=ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(seed(store, [c], host, port, on_ready=ready))
+    except OSError as exc:
+        raise CloudPalError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 @core.command("clone")
@@ -165,7 +168,10 @@ def core_clone(ctx: click.Context, key: str, peer: str, live: bool, start: int, 
         def on_progress(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
-        c = asyncio.run(clone(store, parse_key(key), host, port, start=start, end=end, live=live,
-                              encryption_key=ek, name=name, on_progress=on_progress))
+        try:
+            c = asyncio.run(clone(store, parse_key(key), host, port, start=start, end=end, live=live,
+                                  encryption_key=ek, name=name, on_progress=on_progress))
+        except (OSError, TimeoutError) as exc:
+            raise CloudPalError(f"cannot clone from {peer}: {exc.strerror or str(exc) or 'timed out'}") from None
     click.echo(f"cloned {c.key.hex()}: length {c.length}, {c.contiguous_length} blocks contiguous",
                err=True)
