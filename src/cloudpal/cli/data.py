@@ -172,6 +172,7 @@ def core_clone(ctx: click.Context, key: str, peer: str, live: bool, start: int, 
             c = asyncio.run(clone(store, parse_key(key), host, port, start=start, end=end, live=live,
                                   encryption_key=ek, name=name, on_progress=on_progress))
         except (OSError, TimeoutError) as exc:
-            raise CloudPalError(f"cannot clone from {peer}: {exc.strerror or str(exc) or 'timed out'}") from None
+            reason = exc.strerror or str(exc) or "timed out"
+            raise CloudPalError(f"cannot clone from {peer}: {reason}") from None
     click.echo(f"cloned {c.key.hex()}: length {c.length}, {c.contiguous_length} blocks contiguous",
                err=True)
