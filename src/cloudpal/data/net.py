@@ -64,13 +64,23 @@ async def clone(store: CoreStore, key: bytes, host: str, port: int, *, start: in
     `stop` is set or the peer leaves. Raises ProtocolError if the peer misbehaves or leaves
     before the download is complete."""
     core = store.replica(key, encryption_key=encryption_key, name=name)
-    conn = await asyncio.wait_for(connect(host, port, keepalive=KEEPALIVE), timeout)
+    try:
+        conn = await asyncio.wait_for(connect(host, port, keepalive=KEEPALIVE), timeout)
+    except ProtocolError as exc:
+        log.warning("handshake with %s:%d failed: %s", host, port, exc)
+        raise
     rep = Replication(conn, name="clone")
     peer = rep.add(core)
     runner = asyncio.create_task(rep.run())
     try:
         if not live and end is None:
-            await rep.wait_until(lambda: peer.remote_synced, timeout)
+            if not await rep.wait_until(lambda: peer.remote_synced, timeout):
+                # the connection ended before the peer said how long the core is
+                await asyncio.wait({runner}, timeout=5)
+                if runner.done() and not runner.cancelled() and runner.exception() is not None:
+                    raise ProtocolError(f"download failed: {runner.exception()}")
+                raise ProtocolError("download failed: the peer closed the connection before "
+                                    "announcing the core")
             end = peer.remote_length
         peer.want(start, None if live else end)
         rep.conn.flush()

@@ -97,12 +97,20 @@ class Replication:
     async def run(self) -> None:
         """Process the connection until it ends; ProtocolError if the peer misbehaved."""
         try:
-            async for event in self.conn:
-                self._on_event(event)
-                self._flush()
-                await self.conn.drain()
-                async with self.changed:
-                    self.changed.notify_all()
+            try:
+                async for event in self.conn:
+                    self._on_event(event)
+                    self._flush()
+                    await self.conn.drain()
+                    async with self.changed:
+                        self.changed.notify_all()
+            except (ConnectionError, OSError):
+                # The read loop hangs up on a peer that broke the protocol; a write racing with
+                # that fails with "connection lost". Report the peer's error, not our write.
+                error = self.conn._error
+                if isinstance(error, (ProtocolError, DecodeError)):
+                    raise error from None
+                raise
         except (ProtocolError, DecodeError) as exc:
             log.warning("%s: disconnected: %s", self.name, exc)
             await self.conn.close()

@@ -352,6 +352,8 @@ class Peer:
         core = self.core
         if self.remote_synced and core.length == 0 and self.remote_fork != core.fork:
             core.adopt_fork(self.remote_fork)
+            # A JS writer offers upgrades (canUpgrade) only to a peer on its fork: tell it ours.
+            self.send_sync()
         if (not self._upgrade_inflight and self.remote_synced and self.remote_fork == core.fork
                 and self.remote_length > core.length and self.remote_can_upgrade):
             self._upgrade_inflight = True
