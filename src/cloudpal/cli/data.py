@@ -27,10 +27,10 @@ def _store(ctx: click.Context) -> Any:
     return open_store(home)
 
 
-def _hostport(text: str) -> tuple[str, int]:
+def _hostport(text: str, listening: bool = False) -> tuple[str, int]:
     from cloudpal.net.names import split_hostport
 
-    return split_hostport(text, "address")
+    return split_hostport(text, "address", allow_any_port=listening)
 
 
 def _read_blocks(stream: IO[bytes], block_size: int | None) -> list[bytes]:
@@ -129,7 +129,7 @@ def core_seed(ctx: click.Context, core_ref: str, listen: str) -> None:
 
     store = _store(ctx)
     c = store.get(core_ref)
-    host, port = _hostport(listen)
+    host, port = _hostport(listen, listening=True)
 
     def ready(addr: tuple[str, int]) -> None:
         click.echo(f"seeding {c.key.hex()} (length {c.length}) on {addr[0]}:{addr[1]}", err=True)

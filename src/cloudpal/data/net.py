@@ -38,6 +38,8 @@ async def seed(store: CoreStore, cores: Sequence[Hypercore], host: str, port: in
             await rep.run()
         except ProtocolError as exc:
             log.warning("dropped a peer: %s", exc)
+        except Exception:  # one broken connection must not take the others down
+            log.exception("replication with a peer failed")
 
     server = await serve(handler, host, port, keepalive=KEEPALIVE)
     sock = server.sockets[0].getsockname()

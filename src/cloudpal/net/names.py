@@ -36,10 +36,12 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNIT[m.group(2)]
 
 
-def split_hostport(text: str, what: str = "endpoint") -> tuple[str, int]:
+def split_hostport(text: str, what: str = "endpoint", allow_any_port: bool = False) -> tuple[str, int]:
+    """HOST:PORT or [V6]:PORT; port 0 ("any free port") only where a listener allows it."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    low = 0 if allow_any_port else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
         raise InvalidInput(f"invalid {what} {text!r}: use HOST:PORT")
     return host, int(port)
 
