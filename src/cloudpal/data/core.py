@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +58,21 @@ class _Nodes:
         self.storage = storage
         self.core = core
         self.cache: dict[int, Node] = {}
+        self.absent: set[int] = set()  # looked up and not stored: proofs ask for these a lot
         self.puts: dict[int, Node] = {}
         self.drops: list[tuple[int, int]] = []
 
     def get(self, index: int) -> Node | None:
         node = self.puts.get(index) or self.cache.get(index)
-        if node is None and not self._dropped(index):
+        if node is None and index not in self.absent and not self._dropped(index):
             row = self.storage.node(self.core, index)
-            if row is not None:
-                node = Node(*row)
-                if len(self.cache) >= NODE_CACHE:
-                    self.cache.clear()
-                self.cache[index] = node
+            if len(self.cache) >= NODE_CACHE:
+                self.cache.clear()
+                self.absent.clear()
+            if row is None:
+                self.absent.add(index)
+            else:
+                node = self.cache[index] = Node(*row)
         return node
 
     def _dropped(self, index: int) -> bool:
@@ -77,6 +81,7 @@ class _Nodes:
     def put_many(self, nodes: Iterable[Node]) -> None:
         for n in nodes:
             self.puts[n.index] = n
+            self.absent.discard(n.index)
 
     def delete_range(self, start: int, end: int) -> None:
         self.drops.append((start, end))
@@ -94,6 +99,16 @@ class _Nodes:
     def discard(self) -> None:
         self.puts, self.drops = {}, []
         self.cache.clear()
+        self.absent.clear()
+
+
+@dataclass
+class _Deferred:
+    """Writes held back during a burst of replication messages, stored as one transaction."""
+
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    head: Head | None = None
+    changed: bool = False
 
 
 class Hypercore:
@@ -116,6 +131,7 @@ class Hypercore:
                            if record.encryption_key else None)
         self.nodes = _Nodes(storage, record.id)
         self.listeners: list[Callable[[], None]] = []
+        self._deferred: _Deferred | None = None
         self._load()
 
     def _load(self) -> None:
@@ -191,23 +207,65 @@ class Hypercore:
         }
 
     def _changed(self) -> None:
+        if self._deferred is not None:
+            self._deferred.changed = True
+            return
         for listener in list(self.listeners):
             listener()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Group the writes and change notifications of a burst of replication messages:
+        one transaction and one notification instead of one per block. What a burst
+        verified is stored together at its end (a crash loses the burst, never consistency)."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = _Deferred()
+        try:
+            yield
+        finally:
+            pending, self._deferred = self._deferred, None
+            self._write_deferred(pending)
+            if pending.changed:
+                self._changed()
+
+    def _write_deferred(self, pending: _Deferred) -> None:
+        if not pending.blocks and pending.head is None and not self.nodes.puts:
+            return
+        nodes, drops = self.nodes.take()
+        try:
+            self.storage.write(self.record.id, blocks=sorted(pending.blocks.items()), nodes=nodes,
+                               head=pending.head, drop_nodes=drops)
+        except BaseException:
+            self.nodes.discard()
+            self._load()
+            raise
 
     def _commit(self, update: TreeUpdate, blocks: list[tuple[int, bytes]],
                 drop_blocks_from: int | None = None) -> None:
         """Write `update` with `blocks` in one transaction, then make it visible."""
-        try:
-            self.tree.commit(update)
-            nodes, drops = self.nodes.take()
-            head = Head(update.length, update.byte_length, update.fork, update.signature) \
-                if update.upgraded else None
-            self.storage.write(self.record.id, blocks=blocks, nodes=nodes, head=head,
-                               drop_blocks_from=drop_blocks_from, drop_nodes=drops)
-        except BaseException:
-            self.nodes.discard()
-            self._load()  # back to what storage holds
-            raise
+        head = Head(update.length, update.byte_length, update.fork, update.signature) \
+            if update.upgraded else None
+        simple = drop_blocks_from is None and update.drop_to <= update.drop_from and not update.drop_nodes
+        if self._deferred is not None and simple:
+            self.tree.commit(update)  # its nodes wait in self.nodes until the burst ends
+            self._deferred.blocks.update(blocks)
+            if head is not None:
+                self._deferred.head = head
+        else:
+            if self._deferred is not None:
+                pending, self._deferred = self._deferred, _Deferred(changed=self._deferred.changed)
+                self._write_deferred(pending)
+            try:
+                self.tree.commit(update)
+                nodes, drops = self.nodes.take()
+                self.storage.write(self.record.id, blocks=blocks, nodes=nodes, head=head,
+                                   drop_blocks_from=drop_blocks_from, drop_nodes=drops)
+            except BaseException:
+                self.nodes.discard()
+                self._load()  # back to what storage holds
+                raise
         for i, _ in blocks:
             self._mark(i)
         self._advance()
@@ -255,7 +313,9 @@ class Hypercore:
         """The block as stored and replicated (ciphertext for an encrypted core)."""
         if not self.has(index) or index >= self.length:
             raise NotFound(f"block {index} is not stored here (length {self.length})")
-        data = self.storage.block(self.record.id, index)
+        data = self._deferred.blocks.get(index) if self._deferred is not None else None
+        if data is None:
+            data = self.storage.block(self.record.id, index)
         if data is None:
             raise NotFound(f"block {index} is not stored here")
         return data

@@ -99,7 +99,14 @@ class Replication:
         try:
             try:
                 async for event in self.conn:
-                    self._on_event(event)
+                    # Handle everything that has arrived as one burst: the cores store what
+                    # it verified in one transaction and announce it once.
+                    with contextlib.ExitStack() as burst:
+                        for core in list(self.cores.values()):
+                            burst.enter_context(core.deferred())
+                        self._on_event(event)
+                        for more in self.conn.ready_events():
+                            self._on_event(more)
                     self._flush()
                     await self.conn.drain()
                     async with self.changed:

@@ -89,7 +89,8 @@ class Wanted:
 
     start: int
     end: int | None
-    cursor: int = -1  # everything below it is stored; where the next scan starts
+    cursor: int = -1  # everything below it is stored
+    scan: int = -1  # where the next request scan starts (past what is already requested)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Peer:
         self._sent_wants: set[int] = set()
         self.invalid_requests = 0
         self._announced = 0
+        self._last_sync: Sync | None = None
 
     # ---- owner API ----------------------------------------------------------------
 
@@ -172,9 +174,10 @@ class Peer:
 
     # ---- sending ----------------------------------------------------------------
 
-    def send_sync(self) -> None:
+    def send_sync(self, force: bool = False) -> None:
+        """Tell the remote our state; skipped when nothing it would learn has changed."""
         same_fork = self.core.fork == self.remote_fork
-        self._send(Sync(
+        sync = Sync(
             fork=self.core.fork,
             length=self.core.length,
             remote_length=self.remote_length if same_fork else 0,
@@ -183,11 +186,16 @@ class Peer:
             downloading=self.downloading,
             has_manifest=self.core.has_manifest,
             allow_push=False,
-        ))
+        )
+        if sync != self._last_sync or force:
+            self._last_sync = sync
+            self._send(sync)
 
     def _announce(self) -> None:
+        """`range(0, contig)`: on open, when we become fully contiguous, after appends or a
+        truncation; not for every block a download adds (JS does not either)."""
         contig = min(self.core.contiguous_length, self.core.length)
-        if contig > self._announced or contig < self._announced:
+        if contig != self._announced and (contig == self.core.length or contig < self._announced):
             self._announced = contig
             if contig > 0:
                 self._send(Range(start=0, length=contig, drop=False))
@@ -248,6 +256,7 @@ class Peer:
         self.length_acked = msg.remote_length if msg.fork == self.core.fork else 0
         if length_changed:
             self._unavailable.clear()
+            self._rescan()
         # A JS reader asks for an upgrade only once we have acknowledged its length.
         if msg.fork == self.core.fork and self.core.length > msg.length:
             self.send_sync()
@@ -291,9 +300,14 @@ class Peer:
         if upgraded:
             events.upgraded = True
             self._unavailable.clear()
+            self._rescan()
             self.send_sync()
         if stored is not None:
             events.blocks.append(stored)
+
+    def _rescan(self) -> None:
+        for w in self.wants:
+            w.scan = w.cursor
 
     def _on_no_data(self, msg: NoData) -> None:
         req = self.inflight.pop(msg.request, None)
@@ -303,6 +317,7 @@ class Peer:
         if req.block is not None:
             self._inflight_blocks.discard(req.block.index)
             self._unavailable.add(req.block.index)
+            self._rescan()
         if req.upgrade is not None:
             self._upgrade_inflight = False
             self.remote_can_upgrade = False
@@ -318,6 +333,7 @@ class Peer:
         elif msg.length <= 65536:
             self.remote_blocks.update(range(msg.start, end))
         self._unavailable.difference_update(range(msg.start, min(end, msg.start + 65536)))
+        self._rescan()
 
     def _on_bitfield(self, msg: Bitfield) -> None:
         for w, word in enumerate(msg.words):
@@ -325,6 +341,7 @@ class Peer:
                 bit = word & -word
                 self.remote_blocks.add(msg.start + 32 * w + bit.bit_length() - 1)
                 word ^= bit
+        self._rescan()
 
     def _on_want(self, msg: Want) -> None:
         contig = min(self.core.contiguous_length, self.core.length)
@@ -368,7 +385,7 @@ class Peer:
             w.cursor = max(w.cursor, w.start)
             while w.cursor < end and core.has(w.cursor):
                 w.cursor += 1
-            index = w.cursor
+            index = max(w.cursor, w.scan)
             while index < end and len(self.inflight) < self.max_inflight and budget > 0:
                 budget -= 1
                 if (index not in self._inflight_blocks and index not in self._unavailable
@@ -380,3 +397,4 @@ class Peer:
                         hash=None, seek=None, upgrade=None, manifest=False, priority=None,
                     ))
                 index += 1
+            w.scan = index

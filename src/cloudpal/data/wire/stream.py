@@ -162,6 +162,17 @@ class Connection:
             raise StopAsyncIteration
         return event
 
+    def ready_events(self, limit: int = 1024) -> list[Event]:
+        """Events already received, without waiting (to handle a burst in one go)."""
+        out: list[Event] = []
+        while len(out) < limit and not self._events.empty():
+            event = self._events.get_nowait()
+            if event is None:  # end of stream: leave it for the iterator
+                self._events.put_nowait(None)
+                break
+            out.append(event)
+        return out
+
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next event; StopAsyncIteration at end of stream, TimeoutError after `timeout`."""
         return await asyncio.wait_for(self.__anext__(), timeout)
