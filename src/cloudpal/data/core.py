@@ -32,6 +32,7 @@ from cloudpal.data.encryption import PADDING, BlockEncryption
 from cloudpal.data.errors import DecodeError, VerificationError
 from cloudpal.data.merkle import (
     BlockRequest,
+    MemoryNodeStore,
     MerkleTree,
     Proof,
     ProofBlock,
@@ -359,6 +360,34 @@ class Hypercore:
         if self.length == 0 and fork != self.fork:
             self.tree.fork = fork
             self.storage.write(self.record.id, head=Head(0, 0, fork, None))
+
+    @property
+    def can_reorg(self) -> bool:
+        return not self.writable
+
+    def reorg(self, data: wire.Data) -> bool:
+        """Move a replica to the writer's newer fork (after a truncation upstream).
+
+        `data` answers an upgrade from 0 on that fork: it must verify on its own (a
+        fresh tree, the core's key) before anything is dropped, so a peer cannot make
+        us discard data without the writer's signature. The replica then keeps the new
+        signed head and re-downloads blocks; JS's partial reuse of the common prefix is
+        not done (see notes). Returns True when the fork changed.
+        """
+        if self.writable or data.upgrade is None or data.fork <= self.fork or data.upgrade.start != 0:
+            return False
+        verifier = self._ensure_verifier(data)
+        fresh = MerkleTree(MemoryNodeStore(), fork=data.fork)
+        update = fresh.verify(Proof(fork=data.fork, upgrade=ProofUpgrade(
+            0, data.upgrade.length, data.upgrade.nodes, data.upgrade.additional_nodes,
+            data.upgrade.signature)), verifier)
+        head = Head(update.length, update.byte_length, update.fork, update.signature)
+        self.storage.write(self.record.id, nodes=update.nodes, head=head, drop_blocks_from=0,
+                           drop_nodes=[(0, 1 << 62)])
+        self.nodes.discard()
+        self._load()
+        self._changed()
+        return True
 
     def proof(self, request: wire.Request) -> wire.Data:
         req = ProofRequest(

@@ -74,6 +74,10 @@ class ReplicatedCore(Protocol):
     def missing_nodes(self, index: int) -> int: ...
     def can_upgrade(self, remote_length: int, remote_fork: int) -> bool: ...
     def adopt_fork(self, fork: int) -> None: ...
+    @property
+    def can_reorg(self) -> bool:
+        """A replica (not the writer) that may move to a newer fork."""
+    def reorg(self, data: Data) -> bool: ...
     def proof(self, request: Request) -> Data:
         """Answer a request; raises ProofUnavailable or InvalidProofRequest."""
     def apply(self, data: Data, request: Request) -> tuple[bool, int | None]:
@@ -129,6 +133,9 @@ class Peer:
         self.invalid_requests = 0
         self._announced = 0
         self._last_sync: Sync | None = None
+        self._reorg_inflight = False
+        self._reorg_requests: set[int] = set()
+        self._reorg_tried: set[int] = set()
 
     # ---- owner API ----------------------------------------------------------------
 
@@ -287,6 +294,22 @@ class Peer:
             self._inflight_blocks.discard(req.block.index)
         if req.upgrade is not None:
             self._upgrade_inflight = False
+        if req.id in self._reorg_requests:
+            self._reorg_requests.discard(req.id)
+            self._reorg_inflight = False
+            if msg.fork != req.fork or msg.upgrade is None:
+                raise ProtocolError("peer answered a fork proof request with something else")
+            try:
+                moved = self.core.reorg(msg)
+            except VerificationError as exc:
+                raise ProtocolError(f"peer sent a fork proof that does not verify: {exc}") from exc
+            if moved:
+                events.upgraded = True
+                for w in self.wants:
+                    w.cursor = w.scan = -1
+                self._unavailable.clear()
+                self.send_sync()
+            return
         if msg.fork != req.fork or (msg.block is not None and (
                 req.block is None or msg.block.index != req.block.index)) or (
                 msg.upgrade is not None and req.upgrade is None):
@@ -321,6 +344,9 @@ class Peer:
         if req.upgrade is not None:
             self._upgrade_inflight = False
             self.remote_can_upgrade = False
+        if req.id in self._reorg_requests:
+            self._reorg_requests.discard(req.id)
+            self._reorg_inflight = False
 
     def _on_range(self, msg: Range) -> None:
         end = msg.start + msg.length
@@ -371,6 +397,19 @@ class Peer:
             core.adopt_fork(self.remote_fork)
             # A JS writer offers upgrades (canUpgrade) only to a peer on its fork: tell it ours.
             self.send_sync()
+        elif (self.remote_synced and self.remote_fork > core.fork and self.remote_length > 0
+              and not self._reorg_inflight and core.can_reorg
+              and self.remote_fork not in self._reorg_tried):
+            # The writer truncated: ask for its new signed tree from 0 (a fork proof).
+            self._reorg_inflight = True
+            self._reorg_tried.add(self.remote_fork)
+            rid = self._request_id()
+            self._reorg_requests.add(rid)
+            self._send_request(Request(
+                id=rid, fork=self.remote_fork,
+                upgrade=RequestUpgrade(start=0, length=self.remote_length),
+                manifest=core.needs_manifest and self.remote_has_manifest))
+            return
         if (not self._upgrade_inflight and self.remote_synced and self.remote_fork == core.fork
                 and self.remote_length > core.length and self.remote_can_upgrade):
             self._upgrade_inflight = True
