@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import report  # bench/report.py: shared by the benchmark scripts
+
 REPO = Path(__file__).resolve().parents[1]
 JS_DIR = REPO / "js"
 HC_BENCH = REPO / "bench" / "js" / "hc_bench.js"
@@ -650,27 +652,6 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    section = f"{MARK_START}\n{body}{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def display_command() -> str:
-    exe = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        exe = exe.relative_to(Path.cwd())
-    return shlex.join([str(exe), *sys.argv])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in WORKERS:
@@ -699,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("profiled runs are slower: do not --write them")
     if shutil.which("node") is None or not (JS_DIR / "node_modules" / "hypercore").is_dir():
         ap.error("needs node and the pinned JS stack in js/node_modules (make js)")
-    command = display_command()
+    command = report.display_command()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = f"{os.getloadavg()[0]:.2f}"
     t0 = time.perf_counter()
@@ -719,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     print(f"data_bench: finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.write:
-        write_section(args.write, body)
+        report.write_section(args.write, body, MARK_START, MARK_END)
         print(f"data_bench: wrote the data results section of {args.write}", file=sys.stderr)
     return 0
 

@@ -30,7 +30,6 @@ Ctrl-C (namespaces, processes, sockets, temporary files).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
@@ -50,6 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import report  # bench/report.py: shared by the benchmark scripts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -758,27 +759,6 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    section = f"{MARK_START}\n{body}{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def display_command() -> str:
-    exe = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        exe = exe.relative_to(Path.cwd())
-    return shlex.join([str(exe), *sys.argv])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=10, help="throughput rounds per setup")
@@ -798,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("every count must be at least 1")
     require_root_tools(*TOOLS)
     Lab.cleanup_stale()
-    command = display_command()
+    command = report.display_command()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = f"{os.getloadavg()[0]:.2f}"
     t0 = time.perf_counter()
@@ -816,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     print(f"net_bench: finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.write:
-        write_section(args.write, body)
+        report.write_section(args.write, body, MARK_START, MARK_END)
         print(f"net_bench: wrote the results section of {args.write}", file=sys.stderr)
     return 0
 
