@@ -28,7 +28,7 @@ def _store(ctx: click.Context) -> Any:
 
 
 def _hostport(text: str, listening: bool = False) -> tuple[str, int]:
-    from cloudpal.net.names import split_hostport
+    from cloudpal.net import split_hostport
 
     return split_hostport(text, "address", allow_any_port=listening)
 
