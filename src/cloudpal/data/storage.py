@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cloudpal.data.errors import VerificationError
 from cloudpal.errors import StateError
 
 SCHEMA = [
@@ -46,6 +47,13 @@ SCHEMA = [
         core INTEGER NOT NULL, idx INTEGER NOT NULL, size INTEGER NOT NULL, hash BLOB NOT NULL,
         PRIMARY KEY (core, idx)) WITHOUT ROWID""",
 ]
+
+
+def _blob(value: object, what: str) -> bytes:
+    """A BLOB column as bytes; anything else means the file was altered behind our back."""
+    if not isinstance(value, bytes):
+        raise VerificationError(f"stored {what} is not binary data: the core storage is corrupt")
+    return value
 
 
 class NodeLike(Protocol):
@@ -191,7 +199,7 @@ class Storage:
         with self._lock:
             row = self.db.execute("SELECT data FROM blocks WHERE core=? AND idx=?",
                                   (core, index)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else _blob(row[0], f"block {index}")
 
     def blocks(self, core: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """Stored blocks in [start, end) in order; missing ones are skipped."""
@@ -202,7 +210,7 @@ class Storage:
                     "SELECT idx, data FROM blocks WHERE core=? AND idx>=? AND idx<? ORDER BY idx",
                     (core, start, min(end, start + step))).fetchall()
             for idx, data in rows:
-                yield int(idx), bytes(data)
+                yield int(idx), _blob(data, f"block {idx}")
             start += step
 
     def present(self, core: int, start: int, end: int) -> list[int]:
@@ -215,8 +223,21 @@ class Storage:
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM blocks WHERE core=?", (core,)).fetchone()[0])
 
+    def nodes(self, core: int) -> Iterator[tuple[int, int, bytes]]:
+        """Every stored Merkle node of a core (index, size, hash), in index order."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self.db.execute("SELECT idx, size, hash FROM nodes WHERE core=? AND idx>? "
+                                       "ORDER BY idx LIMIT 4096", (core, last)).fetchall()
+            if not rows:
+                return
+            for idx, size, digest in rows:
+                yield int(idx), int(size), _blob(digest, f"node {idx}")
+            last = int(rows[-1][0])
+
     def node(self, core: int, index: int) -> tuple[int, int, bytes] | None:
         with self._lock:
             row = self.db.execute("SELECT idx, size, hash FROM nodes WHERE core=? AND idx=?",
                                   (core, index)).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+        return None if row is None else (int(row[0]), int(row[1]), _blob(row[2], f"node {index}"))
