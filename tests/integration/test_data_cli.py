@@ -44,6 +44,7 @@ def test_create_append_cat_info(tmp_path: Path) -> None:
     info = json.loads(run(home, "info", "notes", "--json").stdout)
     assert info["length"] == 4 + 3
     assert run(home, "cat", "notes", "--start", "4", "--raw").stdout == data
+    assert b"verified 7 stored blocks of 7" in run(home, "verify", "notes").stdout
 
 
 def test_refusals_are_one_line(tmp_path: Path) -> None:

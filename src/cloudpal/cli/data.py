@@ -119,6 +119,16 @@ def core_cat(ctx: click.Context, core_ref: str, start: int, end: int | None, raw
     out.flush()
 
 
+@core.command("verify")
+@click.argument("core_ref", metavar="NAME|KEY")
+@click.pass_context
+def core_verify(ctx: click.Context, core_ref: str) -> None:
+    """Re-verify every stored block and tree node against the core's signature."""
+    c = _store(ctx).get(core_ref)
+    checked = c.audit()
+    click.echo(f"verified {checked} stored blocks of {c.length} (fork {c.fork}): all match the signed tree")
+
+
 @core.command("seed")
 @click.argument("core_ref", metavar="NAME|KEY")
 @click.option("--listen", "listen", required=True, metavar="HOST:PORT")
