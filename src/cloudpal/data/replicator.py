@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from cloudpal.data.errors import ProtocolError, VerificationError
@@ -95,12 +95,6 @@ class Wanted:
     end: int | None
     cursor: int = -1  # everything below it is stored
     scan: int = -1  # where the next request scan starts (past what is already requested)
-
-
-@dataclass
-class Events:
-    upgraded: bool = False
-    blocks: list[int] = field(default_factory=list)
 
 
 class Peer:
@@ -230,15 +224,16 @@ class Peer:
 
     # ---- receiving --------------------------------------------------------------
 
-    def receive(self, msg: Message) -> Events:
-        """Handle one message from the remote; raises ProtocolError to drop the peer."""
-        events = Events()
+    def receive(self, msg: Message) -> None:
+        """Handle one message from the remote; raises ProtocolError to drop the peer.
+
+        What it stores reaches the owner through the core's change listeners."""
         if isinstance(msg, Sync):
             self._on_sync(msg)
         elif isinstance(msg, Request):
             self._on_request(msg)
         elif isinstance(msg, Data):
-            self._on_data(msg, events)
+            self._on_data(msg)
         elif isinstance(msg, NoData):
             self._on_no_data(msg)
         elif isinstance(msg, Range):
@@ -250,7 +245,6 @@ class Peer:
         elif isinstance(msg, (Unwant, Cancel, Extension)):
             pass  # we answer requests at once, so there is nothing to cancel
         self._update()
-        return events
 
     def _on_sync(self, msg: Sync) -> None:
         length_changed = msg.length != self.remote_length
@@ -285,7 +279,7 @@ class Peer:
         else:
             self._send(data)
 
-    def _on_data(self, msg: Data, events: Events) -> None:
+    def _on_data(self, msg: Data) -> None:
         req = self.inflight.pop(msg.request, None)
         if req is None:
             return  # not asked for (or cancelled): ignored, as JS does
@@ -304,7 +298,6 @@ class Peer:
             except VerificationError as exc:
                 raise ProtocolError(f"peer sent a fork proof that does not verify: {exc}") from exc
             if moved:
-                events.upgraded = True
                 for w in self.wants:
                     w.cursor = w.scan = -1
                 self._unavailable.clear()
@@ -315,18 +308,15 @@ class Peer:
                 msg.upgrade is not None and req.upgrade is None):
             raise ProtocolError("peer answered with data that does not match the request")
         try:
-            upgraded, stored = self.core.apply(msg, req)
+            upgraded, _ = self.core.apply(msg, req)
         except StaleProof:
             return  # made for an older state of ours (JS ignores these too)
         except VerificationError as exc:
             raise ProtocolError(f"peer sent data that does not verify: {exc}") from exc
         if upgraded:
-            events.upgraded = True
             self._unavailable.clear()
             self._rescan()
             self.send_sync()
-        if stored is not None:
-            events.blocks.append(stored)
 
     def _rescan(self) -> None:
         for w in self.wants:
