@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest_data import js_peer, require_js
+from conftest_data import js_peer, require_js, seeding
 
-from cloudpal.data import open_store, seed
+from cloudpal.data import open_store
 from cloudpal.data.crypto import Verifier
 from cloudpal.data.merkle import MemoryNodeStore, MerkleTree
 
@@ -96,12 +96,7 @@ def test_sigkill_mid_appends_leaves_a_valid_core_js_can_read(tmp_path: Path) -> 
     expected = {"length": core.length, "treeHash": core.tree_hash().hex()}
 
     async def serve_and_read() -> dict[str, object]:
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(seed(store, [core], "127.0.0.1", 0, stop=stop,
-                                        on_ready=lambda a: ready.set_result(a[1])))
-        port = await ready
-        try:
+        async with seeding(store, [core]) as port:
             proc = await asyncio.create_subprocess_exec(
                 *js_peer("read", "--key", core.key.hex(), "--connect", f"127.0.0.1:{port}",
                          "--summary", "--timeout", "60"),
@@ -110,9 +105,6 @@ def test_sigkill_mid_appends_leaves_a_valid_core_js_can_read(tmp_path: Path) -> 
             assert proc.returncode == 0, err.decode()
             events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
             return next(e for e in events if e["event"] == "done")
-        finally:
-            stop.set()
-            await task
 
     t0 = time.monotonic()
     done = asyncio.run(serve_and_read())

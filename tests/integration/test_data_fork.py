@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest_data import js_peer, require_js
+from conftest_data import js_peer, require_js, seeding
 
-from cloudpal.data import clone, open_store, seed
+from cloudpal.data import clone, open_store
 
 
 def _free_port() -> int:
@@ -32,15 +32,8 @@ def test_stale_replica_follows_a_cloudpal_writers_truncation(tmp_path: Path) -> 
     core.append([b"old %d" % i for i in range(30)])
 
     async def sync_once() -> None:
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(seed(writer_store, [core], "127.0.0.1", 0, stop=stop,
-                                        on_ready=lambda a: ready.set_result(a[1])))
-        try:
-            await clone(reader_store, core.key, "127.0.0.1", await ready, timeout=30)
-        finally:
-            stop.set()
-            await task
+        async with seeding(writer_store, [core]) as port:
+            await clone(reader_store, core.key, "127.0.0.1", port, timeout=30)
 
     asyncio.run(sync_once())
     replica = reader_store.get(core.key.hex())

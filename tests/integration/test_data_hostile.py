@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_data import seeding
 
 import cloudpal.data.net as data_net
-from cloudpal.data import CoreStore, Hypercore, ProtocolError, clone, open_store, seed
+from cloudpal.data import CoreStore, Hypercore, ProtocolError, clone, open_store
 from cloudpal.data.crypto import (
     MultiSignature,
     Node,
@@ -118,21 +119,6 @@ class World:
     @property
     def key(self) -> bytes:
         return self.writer.key
-
-
-@contextlib.asynccontextmanager
-async def seeding(store: CoreStore, cores: list[Hypercore]) -> AsyncIterator[int]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(seed(store, cores, HOST, 0, on_ready=ready.set_result, stop=stop))
-    try:
-        await asyncio.wait({ready, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        yield ready.result()[1]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def honest_clone(world: World, **kw: Any) -> Hypercore:

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_data import seeding
 
-from cloudpal.data import CoreStore, Hypercore, clone, open_store, seed
+from cloudpal.data import CoreStore, Hypercore, clone, open_store
 from cloudpal.data.replication import Replication
 from cloudpal.data.wire.stream import connect
 from cloudpal.errors import NotFound
@@ -290,23 +291,6 @@ def reopened(home: Path, key: bytes) -> tuple[CoreStore, Hypercore]:
 
 
 # ---- the CloudPal side -------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def seeding(store: CoreStore, cores: list[Hypercore]) -> AsyncIterator[int]:
-    """A real CloudPal `seed` on a free port of 127.0.0.1; yields the port."""
-    stop = asyncio.Event()
-    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(seed(store, cores, HOST, 0, on_ready=ready.set_result, stop=stop))
-    try:
-        await asyncio.wait({ready, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert ready.done(), "seed did not start listening"
-        yield ready.result()[1]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:

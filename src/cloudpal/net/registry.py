@@ -7,7 +7,6 @@ and the DNS zone are derived from it after every change.
 from __future__ import annotations
 
 import base64
-import hmac
 import secrets
 import sqlite3
 import time
@@ -212,10 +211,6 @@ class Registry:
                 [(ep, pk) for pk, ep in endpoints.items()],
             )
 
-    def is_revoked(self, public_key: str) -> bool:
-        q = "SELECT 1 FROM revoked_keys WHERE public_key=?"
-        return self.db.conn.execute(q, (public_key,)).fetchone() is not None
-
     # ---- invites -------------------------------------------------------------
 
     def create_invite(self, uses: int, ttl: int, full_tunnel: bool = False) -> Invite:
@@ -275,11 +270,6 @@ class Registry:
             c.execute("UPDATE invites SET uses_left = uses_left - 1 WHERE id=?", (invite_id,))
         return self.get(name), invite
 
-    def delete_invite(self, invite_id: str) -> None:
-        with self.db.transaction() as c:
-            if c.execute("DELETE FROM invites WHERE id=?", (invite_id,)).rowcount == 0:
-                raise NotFound(f"no invite with id {invite_id!r}")
-
     # ---- policy --------------------------------------------------------------
 
     def policy_text(self) -> tuple[str, str] | None:
@@ -311,6 +301,3 @@ class Registry:
                 list(values.items()),
             )
 
-
-def mac_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

@@ -340,11 +340,15 @@ class NetworkService:
         devices = sorted(self._devices.values(), key=lambda d: d.index)
         return [self._device_json(d, peers.get(d.public_key), now) for d in devices]
 
+    @property
+    def enroll_url(self) -> str:
+        host, _ = split_hostport(self.settings.endpoint)
+        return f"http://{join_hostport(host, self.settings.enroll_port)}"
+
     def status(self) -> dict[str, Any]:
         assert self.backend is not None
         s = self.settings
         devices = self.list_devices()
-        host, _ = split_hostport(s.endpoint)
         return {
             "node": s.node_name, "zone": s.zone, "interface": s.iface,
             "backend": self.backend.kind,
@@ -352,7 +356,7 @@ class NetworkService:
             "addresses": [s.plan.node_v4(), s.plan.node_v6()],
             "ipv4_range": str(s.plan.ipv4), "ipv6_range": str(s.plan.ipv6),
             "endpoint": s.endpoint, "listen_port": s.listen_port,
-            "enroll_url": f"http://{join_hostport(host, s.enroll_port)}",
+            "enroll_url": self.enroll_url,
             "devices": len(devices),
             "online": [d["name"] for d in devices if d["state"] == "online"],
             "dns": [join_hostport(h, p) for h, p in self.dns.bound],
@@ -360,8 +364,7 @@ class NetworkService:
 
     def create_invite(self, uses: int, ttl: int, full_tunnel: bool) -> dict[str, Any]:
         invite = self.registry.create_invite(uses, ttl, full_tunnel)
-        url = self.status()["enroll_url"]
-        return {"code": invite.code, "url": url, "uses": invite.uses_left,
+        return {"code": invite.code, "url": self.enroll_url, "uses": invite.uses_left,
                 "expires": invite.expires, "full_tunnel": invite.full_tunnel}
 
     def list_invites(self) -> list[dict[str, Any]]:
