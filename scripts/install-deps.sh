@@ -2,7 +2,9 @@
 # System packages CloudPal needs on Debian 12, installed only when missing.
 set -euo pipefail
 pkgs=(wireguard-go wireguard-tools iproute2 nftables iputils-ping iperf3 zbar-tools dnsutils
-      procps python3-venv)
+      procps python3-venv
+      # compute: apps run in QEMU microVMs booting the Debian kernel with a busybox initramfs
+      qemu-system-x86 linux-image-amd64 busybox-static cpio e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from cloudpal.errors import CloudPalError, NodeNotRunning
+from cloudpal.errors import CloudPalError, InvalidInput, NodeNotRunning
 
 SOCKET_NAME = "control.sock"
 ERROR_STATUS = {"NotFound": 404, "Conflict": 409, "Exhausted": 410}
@@ -20,6 +20,19 @@ ERROR_STATUS = {"NotFound": 404, "Conflict": 409, "Exhausted": 410}
 
 def error_status(exc: CloudPalError) -> int:
     return ERROR_STATUS.get(type(exc).__name__, 400)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A control request's body: empty, or one JSON object; anything else is one clear error."""
+    if not raw:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("request body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput("request body is not a JSON object")
+    return obj
 
 
 class _UnixConnection(http.client.HTTPConnection):

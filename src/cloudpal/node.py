@@ -21,6 +21,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from cloudpal.compute import AppService, app_routes
+from cloudpal.compute import migrate as migrate_compute
 from cloudpal.control import SOCKET_NAME
 from cloudpal.errors import HostError, StateError
 from cloudpal.net import NetOptions, NetworkService, control_routes, enroll_routes, migrate
@@ -107,6 +109,7 @@ class Node:
             db = Database(self.home)
             try:
                 migrate(db)
+                migrate_compute(db)
                 await self._run(db, on_ready)
             finally:
                 db.close()
@@ -116,12 +119,15 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         net = NetworkService(db, self.home, self.net_opts)
+        apps = AppService(db, self.home, names=net)
         socket_path = self.home / SOCKET_NAME
         try:
             await net.start()
+            await apps.start()
             enroll_sock = _tcp_listener(net.settings.enroll_port)
             await self._serve(Starlette(routes=enroll_routes(net)), enroll_sock)
-            await self._serve(Starlette(routes=control_routes(net)), _unix_listener(socket_path))
+            await self._serve(Starlette(routes=[*control_routes(net), *app_routes(apps)]),
+                              _unix_listener(socket_path))
             status = net.status()
             if on_ready:
                 on_ready(status)
@@ -136,6 +142,8 @@ class Node:
             self.servers.clear()
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
+            with contextlib.suppress(Exception):
+                await apps.stop()
             await net.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

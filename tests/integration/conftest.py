@@ -29,6 +29,20 @@ def device_env() -> dict[str, str]:
     )
 
 
+def cgroup_remount_script() -> str:
+    """Shell commands that mount this host's cgroup hierarchies again under a fresh /sys."""
+    cmds = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, target, fstype, opts, *_ = line.split()
+        if not target.startswith("/sys/fs/cgroup"):
+            continue
+        keep = ",".join(o for o in opts.split(",") if o not in ("rw", "ro", "relatime", "nosuid",
+                                                               "nodev", "noexec"))
+        option = f"-o {keep} " if keep else ""
+        cmds.append(f"mkdir -p {target} && mount -t {fstype} {option}cgroup {target} && ")
+    return "".join(cmds)
+
+
 class Hub:
     """`cloudpal up` running in `host`'s namespace with its own home."""
 
@@ -43,8 +57,10 @@ class Hub:
     def start(self, extra: list[str] | None = None, timeout: float = 20.0) -> None:
         offset = self.log.stat().st_size if self.log.exists() else 0
         log = open(self.log, "a")  # noqa: SIM115 - the child keeps it
-        argv = ["ip", "netns", "exec", self.host.ns, CLOUDPAL, "--home", str(self.home), "up",
-                *(extra if extra is not None else self.args)]
+        # `ip netns exec` mounts a fresh /sys, which hides the cgroup hierarchies the node meters
+        # apps with: mount the same hierarchies again (v1 or v2 alike) before exec'ing the node.
+        argv = ["ip", "netns", "exec", self.host.ns, "sh", "-c", cgroup_remount_script() + 'exec "$@"',
+                "sh", CLOUDPAL, "--home", str(self.home), "up", *(extra if extra is not None else self.args)]
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
         log.close()
         deadline = time.monotonic() + timeout

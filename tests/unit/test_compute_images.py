@@ -8,96 +8,57 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
-import io
 import itertools
 import json
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudpal.compute import Image, import_image
 from cloudpal.errors import CloudPalError, InvalidInput
 
-MTIME = 1_700_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oci_build import (
+    MTIME,
+    Compression,
+    Entry,
+    Format,
+    compress,
+    config_blob,
+    tar_bytes,
+    tar_tree,
+    write_oci_layout,
+)
+from oci_build import digest as sha
+from oci_build import directory as d
+from oci_build import hardlink as hard
+from oci_build import regular as f
+from oci_build import symlink as sym
+from oci_build import tarinfo as _info
+
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_BYTES = BUSYBOX.read_bytes() if BUSYBOX.is_file() else b"\x7fELF fake busybox\n" * 100
 
 
-# ---------------------------------------------------------------- building images
-
-
-def _info(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, **kw: Any) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode = mode
-    ti.mtime = MTIME
-    for k, v in kw.items():
-        setattr(ti, k, v)
-    return ti
-
-
-Entry = tuple[tarfile.TarInfo, bytes | None]
-
-
-def f(name: str, data: bytes, mode: int = 0o644) -> Entry:
-    return _info(name, mode=mode, size=len(data)), data
-
-
-def d(name: str, mode: int = 0o755) -> Entry:
-    return _info(name, tarfile.DIRTYPE, mode), None
-
-
-def sym(name: str, target: str) -> Entry:
-    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
-
-
-def hard(name: str, target: str) -> Entry:
-    return _info(name, tarfile.LNKTYPE, linkname=target), None
-
-
-def tar_bytes(entries: list[Entry], fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for ti, data in entries:
-            t.addfile(ti, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
-def compress(data: bytes, how: str) -> bytes:
-    if how == "gzip":
-        return gzip.compress(data, mtime=0)
-    if how == "zstd":
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-OCI_LAYER = {
-    "": "application/vnd.oci.image.layer.v1.tar",
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-}
+# ---------------------------------------------------------------- building images (tests/oci_build.py)
 
 
 @dataclass
 class Spec:
     """An image to build: layer tars with their compression, and the runtime config."""
 
-    layers: list[tuple[bytes, str]]
+    layers: list[tuple[bytes, str]]  # uncompressed tar, compression
     config: dict[str, Any] = field(
         default_factory=lambda: {
             "Entrypoint": ["/bin/sh", "-c"],
@@ -111,83 +72,24 @@ class Spec:
     media_override: dict[int, str] = field(default_factory=dict)
 
     def config_bytes(self) -> bytes:
-        diff_ids = [sha(t) for t, _ in self.layers]
-        doc = {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": self.config,
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }
-        return json.dumps(doc, sort_keys=True).encode()
+        return config_blob(self.config, [sha(t) for t, _ in self.layers])
 
 
-def write_oci(spec: Spec, out: Path) -> dict[str, bytes]:
-    """Write an OCI layout directory; returns the blobs by digest."""
-    blobs: dict[str, bytes] = {}
-
-    def put(data: bytes) -> str:
-        digest = sha(data)
-        blobs[digest] = data
-        return digest
-
-    config = spec.config_bytes()
-    layers = []
-    for n, (tar, how) in enumerate(spec.layers):
-        blob = compress(tar, how)
-        media = spec.media_override.get(n, OCI_LAYER[how])
-        layers.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
-            },
-            "layers": layers,
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": put(manifest),
-                "size": len(manifest),
-            }
-        ],
-    }
-    (out / "blobs" / "sha256").mkdir(parents=True)
-    (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (out / "index.json").write_text(json.dumps(index))
-    for digest, data in blobs.items():
-        (out / "blobs" / "sha256" / digest[7:]).write_bytes(data)
-    return blobs
-
-
-def tar_dir(src: Path, out: Path) -> Path:
-    with tarfile.open(out, "w") as t:
-        for p in sorted(src.rglob("*")):
-            t.add(p, arcname=str(p.relative_to(src)), recursive=False)
-    return out
+def write_oci(spec: Spec, out: Path, fmt: Format = "oci-dir") -> Path:
+    """Write the spec as an OCI layout directory (or another format of tests/oci_build.py)."""
+    return write_oci_layout(
+        out,
+        [t for t, _ in spec.layers],
+        spec.config,
+        compression=[cast(Compression, c) for _, c in spec.layers],
+        fmt=fmt,
+        media_types=spec.media_override,
+    )
 
 
 def write_docker(spec: Spec, out: Path) -> Path:
     """A `docker save` tarball in the classic layout: <id>/layer.tar and <hex>.json."""
-    config = spec.config_bytes()
-    members: list[Entry] = []
-    paths = []
-    for n, (tar, how) in enumerate(spec.layers):
-        name = f"{n:064x}/layer.tar"
-        members.append(d(f"{n:064x}"))
-        members.append(f(name, compress(tar, how)))
-        paths.append(name)
-    members.append(f(f"{sha(config)[7:]}.json", config))
-    manifest = [{"Config": f"{sha(config)[7:]}.json", "RepoTags": ["app:latest"], "Layers": paths}]
-    members.append(f("manifest.json", json.dumps(manifest).encode()))
-    out.write_bytes(tar_bytes(members))
-    return out
+    return write_oci(spec, out, "docker")
 
 
 def base_layer() -> bytes:
@@ -231,12 +133,9 @@ def busybox_spec(base: str = "gzip", top: str = "zstd") -> Spec:
 def make_source(kind: str, spec: Spec, where: Path) -> Path:
     if kind == "docker":
         return write_docker(spec, where / "image.tar")
-    layout = where / "layout"
-    layout.mkdir()
-    write_oci(spec, layout)
-    if kind == "dir":
-        return layout
-    return tar_dir(layout, where / "image.oci.tar")
+    if kind == "archive":
+        return write_oci(spec, where / "image.oci.tar", "oci-archive")
+    return write_oci(spec, where / "layout")
 
 
 def snapshot(path: Path) -> set[str]:
@@ -299,7 +198,7 @@ def test_import_formats(tmp_path: Path, kind: str, base: str, top: str) -> None:
         assert sha(blob.read_bytes()) == digest
     if kind != "docker":
         assert image.digest == image.manifest_digest
-    total = sum(len(compress(t, c)) for t, c in spec.layers)
+    total = sum(len(compress(t, cast(Compression, c))) for t, c in spec.layers)
     assert seen[-1] == (total, total)
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
     assert not [p for p in os.listdir(store) if p.startswith(".tmp")]
@@ -520,7 +419,7 @@ def test_missing_blob_in_archive_refused(tmp_path: Path) -> None:
     write_oci(busybox_spec(), layout)
     digest = _manifest(layout)["config"]["digest"]
     (layout / "blobs/sha256" / digest[7:]).unlink()
-    source = tar_dir(layout, tmp_path / "image.tar")
+    source = tar_tree(layout, tmp_path / "image.tar")
     shutil.rmtree(layout)
     assert_refused(tmp_path, source, rf"^The image is missing blob {digest[:19]}… \(config\)\.$")
 

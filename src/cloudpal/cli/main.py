@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cloudpal import __version__
+from cloudpal.cli.app import app
 from cloudpal.cli.data import core
 from cloudpal.cli.net import acl, device, invite, join_cmd, status
 from cloudpal.errors import CloudPalError
@@ -74,6 +75,7 @@ cli.add_command(invite)
 cli.add_command(acl)
 cli.add_command(join_cmd)
 cli.add_command(core)
+cli.add_command(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from cloudpal.net.api import control_routes, enroll_routes
     from cloudpal.net.enroll import grant_config
     from cloudpal.net.join_client import join
-    from cloudpal.net.names import parse_duration, split_hostport
+    from cloudpal.net.names import parse_duration, split_hostport, validate_name
     from cloudpal.net.registry import parse_invite_code
     from cloudpal.net.service import NetOptions, NetworkService
     from cloudpal.state import Database
@@ -31,6 +31,7 @@ _EXPORTS = {
     "NetworkService": "cloudpal.net.service",
     "grant_config": "cloudpal.net.enroll",
     "split_hostport": "cloudpal.net.names",
+    "validate_name": "cloudpal.net.names",
 }
 
 
@@ -63,4 +64,5 @@ __all__ = [
     "parse_invite_code",
     "qr",
     "split_hostport",
+    "validate_name",
 ]

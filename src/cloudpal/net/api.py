@@ -4,7 +4,6 @@ loop one at a time, which is what serializes concurrent CLI calls."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,16 +20,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("request body is not JSON") from None
-    if not isinstance(obj, dict):
-        raise InvalidInput("request body is not a JSON object")
-    return obj
+    from cloudpal.control import parse_json_body
+
+    return parse_json_body(await request.body())
 
 
 def _lifetime(value: Any) -> int | None:

@@ -7,6 +7,7 @@ this module, so the rest of the code never shells out or speaks netlink.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import shutil
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from cloudpal.errors import HostError
 
@@ -99,6 +100,29 @@ def configure_interface(iface: str, addresses: list[tuple[str, int]], mtu: int =
             ipr.addr("add", index=index, address=address, prefixlen=prefix, family=family,
                      flags=flags)
         ipr.link("set", index=index, state="up")
+
+
+@_netlink
+def set_host_addresses(iface: str, addresses: list[str], present: bool) -> None:
+    """Add (or remove) single-host addresses on the hub interface: apps' overlay addresses."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if not found:
+            raise HostError(f"interface {iface} is gone")
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            prefix = 128 if family == socket.AF_INET6 else 32
+            try:
+                if present:
+                    ipr.addr("add", index=found[0], address=address, prefixlen=prefix, family=family,
+                             flags=0x02 if family == socket.AF_INET6 else 0)
+                else:
+                    ipr.addr("del", index=found[0], address=address, prefixlen=prefix, family=family)
+            except NetlinkError as exc:
+                # EEXIST on add / EADDRNOTAVAIL on del: already as wanted.
+                if exc.code not in (errno.EEXIST, errno.EADDRNOTAVAIL):
+                    raise HostError(f"cannot {'add' if present else 'remove'} {address} on {iface}: "
+                                    f"{exc}") from exc
 
 
 @_netlink

@@ -40,6 +40,9 @@ SCHEMA = [
         full_tunnel INTEGER NOT NULL DEFAULT 0,
         created REAL NOT NULL
     )""",
+    # Apps served on the overlay take addresses from the same plan and names from the same zone.
+    """CREATE TABLE IF NOT EXISTS services (
+        name TEXT PRIMARY KEY, host_index INTEGER NOT NULL UNIQUE, created REAL NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS acl_policy (
         id INTEGER PRIMARY KEY CHECK (id = 1), text TEXT NOT NULL, source TEXT NOT NULL,
         applied REAL NOT NULL)""",
@@ -134,13 +137,14 @@ class Registry:
         """Insert a device inside the caller's write transaction."""
         if c.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
             raise Conflict(f"a device named {name!r} already exists")
+        if c.execute("SELECT 1 FROM services WHERE name=?", (name,)).fetchone():
+            raise Conflict(f"the name {name!r} is taken by an app")
         if c.execute("SELECT 1 FROM revoked_keys WHERE public_key=?", (public_key,)).fetchone():
             raise Conflict("that public key was revoked and cannot be enrolled again")
         other = c.execute("SELECT name FROM devices WHERE public_key=?", (public_key,)).fetchone()
         if other:
             raise Conflict(f"that public key already belongs to device {other[0]!r}")
-        used = {r[0] for r in c.execute("SELECT host_index FROM devices")}
-        index = self.plan.first_free(used)
+        index = self.plan.first_free(self._used(c))
         now = time.time()
         c.execute(
             "INSERT INTO devices(name, public_key, private_key, host_index, full_tunnel,"
@@ -181,8 +185,42 @@ class Registry:
                 raise NotFound(f"no device named {old!r}")
             if c.execute("SELECT 1 FROM devices WHERE name=?", (new,)).fetchone():
                 raise Conflict(f"a device named {new!r} already exists")
+            if c.execute("SELECT 1 FROM services WHERE name=?", (new,)).fetchone():
+                raise Conflict(f"the name {new!r} is taken by an app")
             c.execute("UPDATE devices SET name=? WHERE name=?", (new, old))
         return self.get(new)
+
+    @staticmethod
+    def _used(c: sqlite3.Connection) -> set[int]:
+        rows = c.execute("SELECT host_index FROM devices UNION ALL SELECT host_index FROM services")
+        return {r[0] for r in rows}
+
+    # ---- services (apps on the overlay) ---------------------------------------
+
+    def services(self) -> dict[str, tuple[str, str]]:
+        rows = self.db.conn.execute("SELECT name, host_index FROM services ORDER BY host_index")
+        return {r[0]: (self.plan.v4(r[1]), self.plan.v6(r[1])) for r in rows}
+
+    def add_service(self, name: str, reserved: frozenset[str] = frozenset()) -> tuple[str, str]:
+        """Give an app a name in the zone and its own overlay addresses (idempotent)."""
+        validate_name(name)
+        if name in reserved:
+            raise Conflict(f"the name {name!r} is taken by the node")
+        with self.db.transaction() as c:
+            row = c.execute("SELECT host_index FROM services WHERE name=?", (name,)).fetchone()
+            if row is None:
+                if c.execute("SELECT 1 FROM devices WHERE name=?", (name,)).fetchone():
+                    raise Conflict(f"the name {name!r} is taken by a device")
+                index = self.plan.first_free(self._used(c))
+                c.execute("INSERT INTO services(name, host_index, created) VALUES (?,?,?)",
+                          (name, index, time.time()))
+            else:
+                index = row[0]
+        return self.plan.v4(index), self.plan.v6(index)
+
+    def remove_service(self, name: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("DELETE FROM services WHERE name=?", (name,))
 
     def revoke(self, name: str) -> Device:
         """Forget the device and refuse its key from now on."""

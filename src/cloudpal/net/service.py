@@ -25,6 +25,7 @@ from cloudpal.net.hostnet import (
     configure_interface,
     nft_apply,
     nft_delete_table,
+    set_host_addresses,
     underlay_address,
 )
 from cloudpal.net.names import join_hostport, split_hostport, validate_name, validate_zone
@@ -124,6 +125,7 @@ class NetworkService:
         # The daemon is the only writer, so it keeps the device table in memory and
         # derives the data plane from it without re-reading the database each time.
         self._devices = {d.name: d for d in self.registry.devices()}
+        self._services = self.registry.services()
         self.policy = self._load_policy()
         self.zone = Zone(self.settings.zone)
         self.dns = DnsServer(self.zone)
@@ -160,6 +162,8 @@ class NetworkService:
             plan = s.plan
             configure_interface(s.iface, [(plan.node_v4(), plan.ipv4.prefixlen),
                                           (plan.node_v6(), plan.ipv6.prefixlen)])
+            if self._services:
+                set_host_addresses(s.iface, [a for v in self._services.values() for a in v], True)
             self._sync(initial=True)
             await self.dns.start([plan.node_v4(), plan.node_v6()], self.opts.dns_port)
         except BaseException:
@@ -256,6 +260,8 @@ class NetworkService:
         plan = self.settings.plan
         records = {d.name: Record((d.ipv4,), (d.ipv6,)) for d in devices}
         records[self.settings.node_name] = Record((plan.node_v4(),), (plan.node_v6(),))
+        for name, (v4, v6) in self._services.items():
+            records[name] = Record((v4,), (v6,))
         self.zone.set_records(records)
 
     # ---- operations -------------------------------------------------------------
@@ -263,6 +269,29 @@ class NetworkService:
     @property
     def reserved(self) -> frozenset[str]:
         return frozenset({self.settings.node_name})
+
+    def register_service(self, name: str) -> tuple[str, str]:
+        """Serve an app as NAME.<zone> on its own overlay addresses, which the node owns."""
+        if name in self._services:
+            return self._services[name]
+        addrs = self.registry.add_service(name, reserved=self.reserved)
+        try:
+            set_host_addresses(self.settings.iface, list(addrs), True)
+        except BaseException:
+            self.registry.remove_service(name)
+            raise
+        self._services[name] = addrs
+        self._sync()
+        log.info("app %s served at %s, %s", name, *addrs)
+        return addrs
+
+    def unregister_service(self, name: str) -> None:
+        addrs = self._services.pop(name, None)
+        if addrs is None:
+            return
+        self.registry.remove_service(name)
+        set_host_addresses(self.settings.iface, list(addrs), False)
+        self._sync()
 
     def device_config(self, name: str) -> str:
         return self._config(self.registry.get(name))
