@@ -495,7 +495,8 @@ class ImageSpec:
 
 
 HTTPD_INDEX = b"hello from cloudpal\n"
-HTTPD_ENTRYPOINT = ["/bin/busybox", "httpd", "-f", "-p", str(APP_PORT), "-h", "/www"]
+# No -h: httpd serves its working directory, so a wrong WorkingDir (/www) breaks the index page.
+HTTPD_ENTRYPOINT = ["/bin/busybox", "httpd", "-f", "-p", str(APP_PORT)]
 _HEADER = r"printf 'Content-Type: text/plain\r\n\r\n'"
 
 ENV_CGI = f"""

@@ -141,6 +141,21 @@ def test_concurrent_first_connections_share_one_wake(apps: Apps) -> None:
     assert apps.app("web")["woke_by"] == "boot snapshot"
 
 
+def test_a_failed_restore_falls_back(apps: Apps) -> None:
+    snaps = apps.hub.home / "compute" / "apps" / "web"
+    assert wait_for(lambda: apps.app("web")["state"] == "snapshotted", 30, 0.5), apps.events("web")
+    (snaps / "snap-idle" / "state").write_bytes(b"not a migration stream")
+    assert apps.fetch(apps.dev, "http://web.pal:8080/") == "hello from cloudpal\n"
+    assert apps.app("web")["woke_by"] == "boot snapshot"
+    assert any(e["kind"] == "restore-failed" and "idle snapshot" in e["message"]
+               for e in apps.events("web"))
+    apps.hub.cli("app", "stop", "web")
+    (snaps / "snap-boot" / "state").write_bytes(b"\0" * 100)
+    assert apps.fetch(apps.dev, "http://web.pal:8080/") == "hello from cloudpal\n"
+    info = apps.app("web")
+    assert info["woke_by"] == "cold boot" and info["boot_snapshot"], info  # and a new boot snapshot
+
+
 def test_volume_survives_and_apps_cannot_see_each_other(apps: Apps) -> None:
     image = oci_build.counter_app(apps.work / "counter")
     _install(apps, image, "ctr", "--publish", "127.0.0.1:18080:8080", "--idle", "1h")
@@ -166,8 +181,15 @@ def test_volume_survives_and_apps_cannot_see_each_other(apps: Apps) -> None:
     fourth = int(apps.fetch(apps.dev, "http://ctr.pal:8080/cgi-bin/count"))
     assert fourth == third + 2
     assert apps.app("ctr")["woke_by"] == "cold boot"
-    for name in ("ctr2",):
-        apps.hub.cli("app", "rm", name)
+    apps.hub.cli("app", "rm", "ctr2")
+    assert not (apps.hub.home / "compute" / "apps" / "ctr2").exists()
+    # a node restart snapshots running apps and resumes them on the next connection
+    apps.hub.stop()
+    apps.hub.start()
+    assert apps.app("ctr")["state"] == "snapshotted"
+    fifth = int(apps.fetch(apps.dev, "http://ctr.pal:8080/cgi-bin/count"))
+    assert fifth == fourth + 1 and apps.app("ctr")["woke_by"] == "idle snapshot"
+    assert apps.fetch(apps.hub_host, "http://127.0.0.1:18080/cgi-bin/get").strip() == "only-for-ctr"
 
 
 def test_burner_is_throttled_then_killed_as_a_runaway(apps: Apps) -> None:
@@ -209,3 +231,18 @@ def test_usage_and_bad_input(apps: Apps) -> None:
     assert res.returncode == 2 and "taken by a device" in res.stderr
     assert [a["name"] for a in apps.cli_json("app", "ls")["apps"]] == ["ctr", "web"]
     assert not (apps.hub.home / "compute" / "apps" / "phone").exists()
+
+
+def test_acl_policies_name_apps(apps: Apps) -> None:
+    policy = apps.work / "apps.toml"
+    policy.write_text('[[allow]]\nfrom = ["phone"]\nto = ["ctr"]\nproto = "tcp"\nports = ["8080"]\n')
+    apps.hub.cli("acl", "apply", str(policy))
+    try:
+        assert apps.fetch(apps.dev, "http://ctr.pal:8080/cgi-bin/get").strip() == "only-for-ctr"
+        res = apps.dev.run(sys.executable, "-c", FETCH, "http://web.pal:8080/", "5", check=False,
+                           timeout=20)
+        assert res.returncode != 0 and "refused" in res.stderr, res.stderr
+    finally:
+        policy.write_text('[[allow]]\nfrom = ["*"]\nto = ["*"]\n')
+        apps.hub.cli("acl", "apply", str(policy))
+    assert apps.fetch(apps.dev, "http://web.pal:8080/") == "hello from cloudpal\n"

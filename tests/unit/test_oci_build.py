@@ -52,7 +52,7 @@ APPS: dict[str, Callable[..., Path]] = {
 Expected = tuple[tuple[str, ...], tuple[str, ...], dict[str, str], str, str, tuple[Any, ...], int]
 EXPECTED: dict[str, Expected] = {
     "httpd": (
-        ("/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"),
+        ("/bin/busybox", "httpd", "-f", "-p", "8080"),
         (),
         {"PATH": PATH, "GREETING": "hi"},
         "/www",
@@ -63,7 +63,7 @@ EXPECTED: dict[str, Expected] = {
     "counter": (("/bin/sh",), ("/app/start.sh",), {"PATH": PATH}, "/", "", ((8080, "tcp"),), 2),
     "burner": ((), ("/bin/sh", "-c", "while :; do :; done"), {"PATH": PATH}, "/", "", (), 1),
     "padded": (
-        ("/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"),
+        ("/bin/busybox", "httpd", "-f", "-p", "8080"),
         (),
         {"PATH": PATH, "GREETING": "hi"},
         "/www",

@@ -629,6 +629,7 @@ def render_nft(
     v4_net: str,
     v6_net: str,
     full_tunnel: Iterable[Host],
+    local: Iterable[str] = (),
 ) -> str:
     """The whole nftables script that atomically replaces ``table inet TABLE``.
 
@@ -658,14 +659,16 @@ def render_nft(
         "tcp dport 53 accept",
         "meta l4proto { icmp, ipv6-icmp } accept",
     ]
+    # The node answers for itself and for its apps (``local``: their names in ``hosts``).
+    served = [node, *(n for n in local if n in hosts and n != node)]
     for rule in policy.rules:
-        to_me = _includes(policy, rule.destinations, node)
+        to_me = [n for n in served if _includes(policy, rule.destinations, n)]
         for family in (4, 6):
             sources = _addresses(policy, rule.sources, hosts, family, nets[family])
             targets = _addresses(policy, rule.destinations, hosts, family, nets[family])
             overlay.extend(_rule_lines(rule, family, sources, targets))
             if to_me:
-                mine = _addresses(policy, (node,), {node: node_host}, family, nets[family])
+                mine = _addresses(policy, to_me, {n: hosts[n] for n in to_me}, family, nets[family])
                 to_node.extend(_rule_lines(rule, family, sources, mine))
     overlay.extend(_REJECT)
     to_node.extend(_REJECT)

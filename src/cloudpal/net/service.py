@@ -219,6 +219,8 @@ class NetworkService:
         hosts = {d.name: acl.Host(d.name, d.ipv4, d.ipv6) for d in devices}
         hosts[self.settings.node_name] = acl.Host(self.settings.node_name, plan.node_v4(),
                                                   plan.node_v6())
+        for name, (v4, v6) in self._services.items():
+            hosts[name] = acl.Host(name, v4, v6)
         return hosts
 
     def _render(self, policy: acl.Policy, devices: list[Device]) -> str:
@@ -227,6 +229,7 @@ class NetworkService:
             policy, table=self.table, wg_iface=s.iface, hosts=self._hosts(devices),
             node=s.node_name, v4_net=str(s.plan.ipv4), v6_net=str(s.plan.ipv6),
             full_tunnel=[acl.Host(d.name, d.ipv4, d.ipv6) for d in devices if d.full_tunnel],
+            local=list(self._services),
         )
 
     def _sync(self, initial: bool = False) -> None:
