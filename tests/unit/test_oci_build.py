@@ -382,7 +382,8 @@ def test_httpd_app_serves(tmp_path: Path) -> None:
     out = _sandbox(
         root,
         f"""
-chroot --userspec=1000:1000 {root} /bin/env -i {ob.PATH_ENV} GREETING=hi {" ".join(ob.HTTPD_ENTRYPOINT)} &
+chroot --userspec=1000:1000 {root} /bin/sh -c \
+  'cd /www && exec /bin/env -i {ob.PATH_ENV} GREETING=hi {" ".join(ob.HTTPD_ENTRYPOINT)}' &
 eval "$WAIT"
 "$BB" wget -q -O- http://127.0.0.1:8080/
 "$BB" wget -q -O- http://127.0.0.1:8080/cgi-bin/env
