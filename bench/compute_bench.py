@@ -12,7 +12,7 @@ two sides (which one goes first alternates too), so drift in the machine's speed
      by hand (no cgroup, no proxy), ``cont`` over a raw QMP exchange, ``GO`` on the control socket
      when the guest says ``HELLO``, then connect-and-GET polled on the hostfwd port;
    * a boot-snapshot wake (``stop_app``, the boot snapshot present); anchor: a copy of that snapshot
-     restored by hand (RAM copied with ``cp --sparse=always``, timed, as CloudPal copies it too);
+     restored by hand (RAM copied extent for extent, timed, as CloudPal copies it too);
    * an idle-snapshot wake (after the service's idle path, ``_sleep``); anchor: a copy of an idle
      snapshot CloudPal made, restored by hand (``-incoming defer``, ``x-ignore-shared``,
      ``migrate-incoming exec:cat``, ``cont``, ``PING`` and ``TIME`` as the driver sends).
@@ -21,7 +21,8 @@ two sides (which one goes first alternates too), so drift in the machine's speed
 3. Installing a 50 MiB image (fresh random bytes: no blob is already stored), gzip and uncompressed:
    ``import_image`` + ``AppService.install`` (what ``cloudpal app install`` does), against ``tar -x``
    of the same layer blobs plus ``mkfs.ext4`` of the root disk (``-d``) and of the data volume, with
-   CloudPal's sizes and options.
+   CloudPal's sizes and options (and, for information, that plus ``sha256sum``, ``cp`` and ``sync``
+   of the blobs).
 
 CloudPal runs in-process: an ``AppService`` with its own temporary home, no network pillar
 (``names=None``) and a cgroup parent of its own. Needs root, QEMU and e2fsprogs. Run::
@@ -37,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -222,6 +224,7 @@ class HandVm:
         self.cr: asyncio.StreamReader | None = None
         self.cw: asyncio.StreamWriter | None = None
         self.seen: dict[str, float] = {}  # control line -> perf_counter when it arrived
+        self.spawned = self.connected = 0.0
         self._watch: asyncio.Task[None] | None = None
 
     @property
@@ -235,10 +238,12 @@ class HandVm:
                 *self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         LIVE[self.proc.pid] = self.proc
+        self.spawned = time.perf_counter()
         self.qr, self.qw = await open_unix(self.run / "qmp.sock", deadline, self.proc)
         await self.qr.readline()  # the greeting
         await self.qmp("qmp_capabilities")
         self.cr, self.cw = await open_unix(self.run / "ctl.sock", deadline, self.proc)
+        self.connected = time.perf_counter()
 
     async def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         assert self.qr is not None and self.qw is not None
@@ -336,6 +341,8 @@ class Sample:
     throttled: float = 0.0  # seconds the app's cgroup was throttled during the wake (CloudPal)
     attempts: int = 1
     snap_save: float = 0.0  # seconds spent saving the boot snapshot at HELLO (CloudPal, cold)
+    spawned: float | None = None  # start -> the QEMU process exists (fork + exec returned)
+    connected: float | None = None  # start -> QMP and the control socket connected
 
 
 @dataclass
@@ -377,6 +384,7 @@ class Bench:
         self.port = 0  # the published port the proxy listens on (CloudPal's side)
         self.fwd = 0  # the 127.0.0.1 port QEMU forwards to the guest's 8080 (both sides)
         self.events: list[tuple[float, str, str, str]] = []
+        self.marks: list[tuple[float, str]] = []  # (perf_counter, "spawned" | "connected") in the driver
         self.cold_argv: list[str] = []
         self.restore_argv: list[str] = []
         self.app_run = Path()
@@ -410,6 +418,18 @@ class Bench:
                 self.res.boot_snap_save.append(time.perf_counter() - t0)
 
         drv._save_boot_snapshot = timed_save
+        spawn, connect = drv._spawn, drv._connect
+
+        async def timed_spawn(*args: Any, **kwargs: Any) -> Any:
+            vm = await spawn(*args, **kwargs)
+            self.marks.append((time.perf_counter(), "spawned"))
+            return vm
+
+        async def timed_connect(*args: Any, **kwargs: Any) -> None:
+            await connect(*args, **kwargs)
+            self.marks.append((time.perf_counter(), "connected"))
+
+        drv._spawn, drv._connect = timed_spawn, timed_connect
         await svc.start()
         src = oci_build.httpd_app(self.work / "httpd")
         self.image_body = await asyncio.to_thread(self.image_json, src)
@@ -459,7 +479,7 @@ class Bench:
         svc = self.service
         port = port or self.port
         thr0 = self.throttled(name)
-        mark, saves = len(self.events), len(self.res.boot_snap_save)
+        mark, saves, marks = len(self.events), len(self.res.boot_snap_save), len(self.marks)
         t0 = time.perf_counter()
         t1, attempts, body = await asyncio.to_thread(first_byte, port, time.monotonic() + WAKE_TIMEOUT,
                                                      None)
@@ -474,9 +494,11 @@ class Bench:
         want = {"cold": "cold boot", "boot": "boot snapshot", "idle": "idle snapshot"}[kind]
         if app.woke_by != want:
             raise RuntimeError(f"expected a wake by {want}, got {app.woke_by!r}")
+        at = {what: t - t0 for t, what in self.marks[marks:]}  # the last of each (after a fallback)
         return Sample(total=t1 - t0, up=woke[0][0] - t0, rss=rss, cpu=cpu,
                       throttled=self.throttled(name) - thr0, attempts=attempts,
-                      snap_save=sum(self.res.boot_snap_save[saves:]))
+                      snap_save=sum(self.res.boot_snap_save[saves:]), spawned=at.get("spawned"),
+                      connected=at.get("connected"))
 
     # ---- by hand ------------------------------------------------------------------
 
@@ -517,7 +539,7 @@ class Bench:
             await vm.wait_line("READY", 5)
             up = vm.seen.get("READY")
             return Sample(total=t1 - t0, up=None if up is None else up - t0, rss=rss, cpu=cpu,
-                          attempts=attempts)
+                          attempts=attempts, spawned=vm.spawned - t0, connected=vm.connected - t0)
         finally:
             await vm.stop(clean=True)
 
@@ -527,13 +549,13 @@ class Bench:
         self.fresh_run()
         ram = self.hand_run / "ram"
         if kind == "idle":  # CloudPal moves an idle snapshot's RAM in (a rename): copied beforehand
-            await run_cmd(["cp", "--sparse=always", str(snap / "ram"), str(ram)])
+            await asyncio.to_thread(copy_extents, snap / "ram", ram)
         deadline = time.monotonic() + WAKE_TIMEOUT
         vm = HandVm(self.retarget(self.restore_argv), self.hand_run)
         t0 = time.perf_counter()
         try:
             if kind == "boot":  # a boot snapshot is kept for the next time: its RAM is copied, timed
-                await run_cmd(["cp", "--sparse=always", str(snap / "ram"), str(ram)])
+                await asyncio.to_thread(copy_extents, snap / "ram", ram)
             await vm.start(deadline)
             await vm.migrate_in(snap / "state", deadline)
             await vm.qmp("cont")
@@ -551,7 +573,7 @@ class Bench:
             await vm.wait_line(line, 5)
             up = vm.seen.get(line)
             return Sample(total=t1 - t0, up=None if up is None else up - t0, rss=rss, cpu=cpu,
-                          attempts=attempts)
+                          attempts=attempts, spawned=vm.spawned - t0, connected=vm.connected - t0)
         finally:
             # A booted guest has mounted the volume: STOP unmounts it cleanly. An idle-restored guest
             # is a copy of CloudPal's sleeping one: killing it leaves the volume as CloudPal's
@@ -595,6 +617,8 @@ class Bench:
     def record(self, kind: str, side: str, s: Sample, i: int, n: int) -> None:
         self.res.wakes[kind][side].append(s)
         up = f", up at {fmt_ms(s.up)} ms" if s.up is not None else ""
+        if s.spawned is not None and s.connected is not None:
+            up += f", QEMU at {fmt_ms(s.spawned)}, sockets at {fmt_ms(s.connected)}"
         log(f"{kind} {i + 1}/{n} {side}: {fmt_ms(s.total)} ms{up}, RSS {s.rss / MIB:.0f} MiB"
             + (f", throttled {fmt_ms(s.throttled)} ms" if s.throttled else "")
             + (f", {s.attempts} connects" if s.attempts > 1 else ""))
@@ -617,7 +641,7 @@ class Bench:
         snap = self.work / "anchor-snap-boot"
         if not (d / "snap-boot" / "meta.json").exists():
             raise RuntimeError("the cold wakes left no boot snapshot")
-        await run_cmd(["cp", "-r", "--sparse=always", str(d / "snap-boot"), str(snap)])
+        await asyncio.to_thread(copy_snapshot, d / "snap-boot", snap)
         n = self.opts.boot
         for i in range(n):
             for side in self.order(i):
@@ -633,7 +657,7 @@ class Bench:
         d = self.service.app_dir(APP)
         snap = self.work / "anchor-snap-idle"
         await self.cp_prepare("idle")
-        await run_cmd(["cp", "-r", "--sparse=always", str(d / "snap-idle"), str(snap)])
+        await asyncio.to_thread(copy_snapshot, d / "snap-idle", snap)
         n = self.opts.idle
         for i in range(n):
             for side in self.order(i):
@@ -657,6 +681,7 @@ class Bench:
             shutil.rmtree(svc.app_dir(name) / "snap-boot", ignore_errors=True)
         await asyncio.sleep(2)
         base = await asyncio.to_thread(mem_available)
+        base_free = meminfo("MemFree")
         steps = [names[:1], names[1:]] if len(names) > 1 else [names]
         running: list[str] = []
         for step in steps:
@@ -665,7 +690,8 @@ class Bench:
                 running.append(name)
             await asyncio.sleep(3)  # let the guests settle after their first request
             avail = await asyncio.to_thread(mem_available)
-            per = []
+            free = meminfo("MemFree")
+            per: list[dict[str, Any]] = []
             for name in running:
                 app = svc.get(name)
                 assert app.vm is not None and app.cgroup is not None
@@ -673,7 +699,8 @@ class Bench:
                 per.append({"name": name, "rss": st.get("VmRSS", 0), "anon": st.get("RssAnon", 0),
                             "file": st.get("RssFile", 0), "shmem": st.get("RssShmem", 0),
                             "cgroup": app.cgroup.usage().memory_bytes})
-            self.res.memory.append({"apps": len(running), "drop": base - avail, "per": per})
+            self.res.memory.append({"apps": len(running), "drop": base - avail,
+                                    "free_drop": base_free - free, "per": per})
             log(f"memory with {len(running)} app(s): MemAvailable down {(base - avail) / MIB:.0f} MiB, "
                 "RSS " + ", ".join(f"{p['rss'] / MIB:.0f}" for p in per) + " MiB")
         for name in names:
@@ -737,9 +764,19 @@ class Bench:
         await run_cmd(["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", "-L", "data", "-E",
                        "lazy_itable_init=1,lazy_journal_init=1", str(vol)])
         t3 = time.perf_counter()
+        # For information: what CloudPal does besides, roughly by hand: check the blobs' digests and
+        # keep a durable copy of them (cp, then sync of the copies).
+        store = out / "blobs"
+        store.mkdir()
+        paths = [str(p) for p, _ in blobs]
+        await run_cmd(["sha256sum", *paths])
+        await run_cmd(["cp", *paths, str(store)])
+        await run_cmd(["sync", *(str(store / p.name) for p, _ in blobs)])
+        t4 = time.perf_counter()
         anchor_disk = float(disk.stat().st_size)
         shutil.rmtree(out, ignore_errors=True)
-        return {"tar": t1 - t0, "mkfs": t2 - t1, "mkvol": t3 - t2, "anchor_disk": anchor_disk}
+        return {"tar": t1 - t0, "mkfs": t2 - t1, "mkvol": t3 - t2, "store": t4 - t3,
+                "anchor_disk": anchor_disk}
 
     async def run(self) -> Results:
         await self.setup()
@@ -798,6 +835,38 @@ async def run_cmd(argv: Sequence[str]) -> None:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {proc.returncode}: {err.decode()[-500:]}")
+
+
+def copy_extents(src: Path, dst: Path) -> None:
+    """Copy a sparse file extent for extent: holes stay holes, data (zeros included) stays data, so
+    the copy has the layout of CloudPal's own RAM file (``cp`` would punch holes for zero blocks)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            while start < end:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - start, start, start)
+                if n <= 0:
+                    raise OSError(f"copy_file_range stopped at {start} of {src}")
+                start += n
+            pos = end
+        fout.truncate(size)
+
+
+def copy_snapshot(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for item in src.iterdir():
+        if item.name == "ram":
+            copy_extents(item, dst / "ram")
+        else:
+            shutil.copy2(item, dst / item.name)
 
 
 def layer_blobs(layout: Path) -> list[tuple[Path, str]]:
@@ -916,6 +985,12 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
         paired = [a / b for a, b in zip(ct, ht, strict=False)]
         row("  same, median of the per-pair ratios (min–max)", "–", "–",
             f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f})")
+        for label, attr in (("QEMU process started (fork + exec returned)", "spawned"),
+                            ("QMP (after `qmp_capabilities`) and control socket connected", "connected")):
+            lc = [getattr(s, attr) for s in cp if getattr(s, attr) is not None]
+            lh = [getattr(s, attr) for s in hd if getattr(s, attr) is not None]
+            if lc and lh:
+                row(f"  {label} at, ms p50", fmt_ms(Stats(lc).median), fmt_ms(Stats(lh).median), "–")
         upc = [s.up for s in cp if s.up is not None]
         uph = [s.up for s in hd if s.up is not None]
         up_line = "READY" if kind != "idle" else "PONG"
@@ -924,8 +999,10 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
                 fmt_ms(Stats(upc).median), fmt_ms(Stats(uph).median),
                 ratio(Stats(upc).median, Stats(uph).median))
             rest_c = [s.total - s.up for s in cp if s.up is not None]
-            row("  after the wake: proxy connect + request + answer (CloudPal), ms p50",
-                fmt_ms(Stats(rest_c).median), "–", "–")
+            rest_h = [s.total - s.up for s in hd if s.up is not None]
+            row(f"  first byte minus {up_line} (CloudPal: proxy connect + request + answer; by hand "
+                "the GET was already under way), ms p50", fmt_ms(Stats(rest_c).median),
+                fmt_ms(Stats(rest_h).median), "–")
         if kind == "cold":
             row("  of which saving the boot snapshot at HELLO (CloudPal only), ms p50",
                 fmt_ms(Stats([s.snap_save for s in cp]).median), "–", "–")
@@ -946,13 +1023,14 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
         cg = [p["cgroup"] / MIB for p in per]
         row(f"{n} app{'s' if n > 1 else ''} running (woken cold, one GET each): QEMU RSS per app, MiB",
             " / ".join(f"{x:.0f}" for x in rss) + f" (sum {sum(rss):.0f})", "–", "–")
-        anon = [p["anon"] / MIB for p in per]
-        shm = [(p["shmem"] + p["file"]) / MIB for p in per]
-        row("  of which anonymous / file+shmem (the guest RAM file), MiB per app",
-            " / ".join(f"{a:.0f}+{s:.0f}" for a, s in zip(anon, shm, strict=True)), "–", "–")
+        row("  of which anonymous (QEMU, TCG code cache) + file (guest RAM file, binaries) + shmem, "
+            "MiB per app", " / ".join(f"{p['anon'] / MIB:.0f}+{p['file'] / MIB:.0f}+{p['shmem'] / MIB:.0f}"
+                                      for p in per), "–", "–")
         row("  app cgroup memory usage per app, MiB", " / ".join(f"{x:.0f}" for x in cg), "–", "–")
         row("  host MemAvailable drop, MiB per app", f"{m['drop'] / MIB / n:.0f} "
             f"(total {m['drop'] / MIB:.0f})", "–", "–")
+        row("  host MemFree drop (counts the page cache too), MiB per app",
+            f"{m['free_drop'] / MIB / n:.0f} (total {m['free_drop'] / MIB:.0f})", "–", "–")
     for label, inst in res.install.items():
         if not inst:
             continue
@@ -963,6 +1041,10 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
         row(f"install a {opts.install_mb} MiB image, {label} ({mb:.1f} MB of layer blobs): s p50 "
             f"(MB/s), {len(inst)} runs", f"{c:.2f} ({mb / c:.0f})", f"{h:.2f} ({mb / h:.0f})",
             f"**{c / h:.2f}**")
+        full = [r["tar"] + r["mkfs"] + r["mkvol"] + r["store"] for r in inst]
+        hf = Stats(full).median
+        row("  same, anchor plus `sha256sum`, `cp` and `sync` of the layer blobs, s p50 (MB/s)", "–",
+            f"{hf:.2f} ({mb / hf:.0f})", f"{c / hf:.2f}")
         row("  CloudPal `import_image` / `AppService.install`; by hand `tar -x` / `mkfs.ext4 -d` "
             "root disk / `mkfs.ext4` volume, s p50",
             f"{Stats([r['import'] for r in inst]).median:.2f} / "
@@ -1012,16 +1094,27 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
                "(idle snapshot), as the driver does, but never waits for `READY`/`PONG` before "
                "connecting.")
     out.append("- Snapshot anchors restore copies of CloudPal's own snapshots (taken in this run): the "
-               "boot snapshot's RAM is copied with `cp --sparse=always` inside the timed span (CloudPal "
-               "copies it too, to keep the snapshot); an idle snapshot's RAM is copied before the "
-               "clock starts (CloudPal renames it into place). The by-hand VMs ran only while "
-               "CloudPal's app was stopped or asleep, since both open the same data volume.")
+               "boot snapshot's RAM is copied inside the timed span (CloudPal copies it too, to keep "
+               "the snapshot); an idle snapshot's RAM is copied before the clock starts (CloudPal "
+               "renames it into place). Copies go extent for extent (`copy_file_range` between "
+               "`SEEK_DATA`/`SEEK_HOLE`), so they have the same holes and data as CloudPal's file; "
+               "plain `cp` would punch holes for zero blocks, which changes the page cache the "
+               "restored guest faults in. The by-hand VMs ran only "
+               "while CloudPal's app was stopped or asleep, since both open the same data volume; a "
+               "by-hand VM booted to the app is ended with `STOP` (clean unmount), an idle-restored "
+               "one with SIGKILL (the volume stays as CloudPal's sleeping guest left it).")
     out.append("- Memory: apps woken by a cold boot and one GET each, read 3 s later. RSS is "
-               "`VmRSS` of each QEMU; guest RAM is a shared file mapping in the app's run directory, so "
-               "it shows as file/shmem RSS and as page cache, which MemAvailable partly counts as "
-               "available: the MemAvailable drop (median of 5 readings, before the first wake and "
-               "after each step) undercounts what the guests hold. The cgroup figure is the app "
-               f"cgroup's memory usage (cgroup {f['cgroup']}: page cache charged to it included).")
+               "`VmRSS` of each QEMU (with its RssAnon/RssFile/RssShmem split). Guest RAM is a shared "
+               "mapping of a regular file in the app's run directory (`memory-backend-file,share=on`), "
+               "so it is page cache: it shows as file RSS, and the kernel counts it in MemAvailable as "
+               "reclaimable, so the MemAvailable drop (median of 5 readings, before the first wake "
+               "and after each step) undercounts what the guests hold; the MemFree drop counts it "
+               "(and any other page cache filled meanwhile, e.g. by other jobs). The cgroup figure is "
+               f"the app cgroup's memory usage (cgroup {f['cgroup']}: the page cache charged to it "
+               "included). The RSS of the same VM by hand is in the wake rows above (read right "
+               "after the first answer); after a restore, RSS depends on how many RAM-file pages "
+               "are in the page cache (fault-around maps cached neighbours), not only on what the "
+               "guest touched.")
     if res.install:
         out.append(f"- Install: `oci_build.padded_app(dest, {opts.install_mb}, seed=None)` (busybox httpd "
                    f"plus {opts.install_mb} MiB of fresh random bytes; built before the clock starts). "
@@ -1030,8 +1123,10 @@ def render(res: Results, opts: Options, command: str, when: str) -> str:
                    "Anchor: `tar -x` (with `-z` for gzip) of the same layer blobs into an empty "
                    "directory, `mkfs.ext4 -d` of it with CloudPal's options and size formula, and "
                    "`mkfs.ext4` of a data volume of the same size: the disk work, without blob "
-                   "storage, digest checks, whiteout handling or the initrd. MB = 10⁶ bytes of layer "
-                   "blobs.")
+                   "storage, digest checks, whiteout handling or the initrd. The info row adds "
+                   "`sha256sum` of the blobs and a durable copy of them (`cp`, `sync`), roughly what "
+                   "`import_image` does besides (it also checks each layer's uncompressed diff_id and "
+                   "fsyncs). Runs alternate which side goes first. MB = 10⁶ bytes of layer blobs.")
     out += [f"- **Note:** {note}" for note in res.notes]
     return "\n".join(out) + "\n"
 
@@ -1075,7 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("every count must be at least 1")
     if os.geteuid() != 0:
         ap.error("needs root (cgroups for the apps)")
-    for tool in ("qemu-system-x86_64", "mkfs.ext4", "tar", "cp"):
+    for tool in ("qemu-system-x86_64", "mkfs.ext4", "tar", "cp", "sha256sum", "sync"):
         if shutil.which(tool) is None:
             ap.error(f"needs {tool}")
     command = report.display_command()
@@ -1086,6 +1181,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(opts, work)
     try:
         res = asyncio.run(amain(bench))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted: nothing written")
+        return 130
     finally:
         left = cleanup_host(work, bench.cgroup_parent)
         if left:
