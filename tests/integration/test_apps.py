@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -92,6 +93,14 @@ def apps(lab: Lab) -> Iterator[Apps]:
         if hub.proc is not None:
             hub.stop()
         print(hub.log.read_text()[-3000:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, just not reaped yet
 
 
 def _install(a: Apps, image: Path, name: str, *opts: str) -> dict[str, Any]:
@@ -190,6 +199,15 @@ def test_volume_survives_and_apps_cannot_see_each_other(apps: Apps) -> None:
     fifth = int(apps.fetch(apps.dev, "http://ctr.pal:8080/cgi-bin/count"))
     assert fifth == fourth + 1 and apps.app("ctr")["woke_by"] == "idle snapshot"
     assert apps.fetch(apps.hub_host, "http://127.0.0.1:18080/cgi-bin/get").strip() == "only-for-ctr"
+    # a node killed outright leaves its QEMU behind; the next start kills it and boots afresh
+    pid = apps.app("ctr")["pid"]
+    apps.hub.stop(signal.SIGKILL)
+    assert _alive(pid)
+    apps.hub.start()
+    assert not _alive(pid)
+    assert any(e["kind"] == "reaped" for e in apps.events("ctr"))
+    sixth = int(apps.fetch(apps.dev, "http://ctr.pal:8080/cgi-bin/count"))
+    assert sixth > fifth and apps.app("ctr")["state"] == "running"
 
 
 def test_burner_is_throttled_then_killed_as_a_runaway(apps: Apps) -> None:

@@ -13,6 +13,7 @@ from cloudpal import __version__
 from cloudpal.cli.app import app
 from cloudpal.cli.data import core
 from cloudpal.cli.net import acl, device, invite, join_cmd, status
+from cloudpal.cli.pay import dc, issuer, ticket
 from cloudpal.errors import CloudPalError
 from cloudpal.net import split_hostport
 from cloudpal.state import default_home
@@ -76,6 +77,9 @@ cli.add_command(acl)
 cli.add_command(join_cmd)
 cli.add_command(core)
 cli.add_command(app)
+cli.add_command(issuer)
+cli.add_command(dc)
+cli.add_command(ticket)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -155,6 +155,8 @@ class AppService:
             )
             self.apps[app.name] = app
         for app in self.apps.values():
+            if self.driver.reap(self.app_dir(app.name) / "run"):
+                self._event(app.name, "reaped", "killed the VM a previous node process left running")
             try:
                 await self._serve(app)
             except Exception as exc:  # one app's port clash must not keep the node down

@@ -65,6 +65,10 @@ class Vm(Protocol):
 class Driver(Protocol):
     name: str
 
+    def reap(self, run_dir: Path) -> bool:
+        """Kill a VM that a dead node process left running in ``run_dir``; True if there was one."""
+        ...
+
     def accelerator(self, cache_dir: Path) -> str:
         """"kvm" if KVM really runs our guest here, else "tcg" (probed once, cached)."""
         ...

@@ -38,7 +38,7 @@ async def connect_unix(
                 why = e.strerror
                 raise VmError(f"QEMU's {path.name} did not accept a connection in time ({why}).") from None
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, 0.005)  # QEMU creates its sockets within ms: poll tightly
 
 
 class Qmp:
