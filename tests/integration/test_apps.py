@@ -236,6 +236,16 @@ def test_usage_and_bad_input(apps: Apps) -> None:
     u = apps.usage("web")
     assert u["cpu_seconds"] > 0.5 and u["peak_memory"] > 50 << 20 and u["wakes"] >= 3
     assert u["running_seconds"] > 1
+    assert apps.fetch(apps.dev, "http://web.pal:8080/") == "hello from cloudpal\n"  # up, in its cgroup
+    out = apps.cli_json("app", "set", "web", "--cpu", "80%", "--cpu-weight", "50", "--idle", "10m")
+    assert (out["settings"]["cpu_percent"], out["settings"]["cpu_weight"], out["settings"]["idle"]) == (
+        80, 50, 600)
+    v1, v2 = Path("/sys/fs/cgroup/cpu/cloudpal/web"), Path("/sys/fs/cgroup/cloudpal/web")
+    if v1.exists():  # the limits change live on the app's cgroup
+        assert (v1 / "cpu.shares").read_text().strip() == "512"
+        assert (v1 / "cpu.cfs_quota_us").read_text().strip() == "80000"
+    else:
+        assert (v2 / "cpu.weight").read_text().strip() == "50"
     bad = apps.work / "bad"
     oci_build.padded_app(bad, 1, seed=None)  # blobs this node has never stored
     blob = max((bad / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)

@@ -120,7 +120,16 @@ def test_buy_then_pay(pay: Pay) -> None:
     assert "paid 2 ticket(s); 48 h" in out
     assert len(pay.wallet_tokens()) == 4 and len(pay.wallet_tokens(spent=True)) == 2
     node = _node_id(pay)
+    assert pay.credits(node)["tickets"] == 2
     assert pay.credits(node) == {"node": node, "seconds": 2 * 86400, "tickets": 2}
+    # moving to another data center of the same issuer: the unspent tickets still pay there
+    dc2 = Service(pay.work / "dc2", "dc", "serve", "--name", "dc2.example", "--issuer", pay.issuer.url,
+                  "--listen", "127.0.0.1:0")
+    try:
+        assert "paid 1 ticket(s); 24 h" in cli(pay.node, "ticket", "pay", "--dc", dc2.url).stdout
+    finally:
+        dc2.stop()
+    assert len(pay.wallet_tokens()) == 3
     accounts = cli(pay.work / "issuer", "issuer", "account", "ls").stdout
     assert "alice: 34 left, 6 issued" in accounts
     # a spent ticket is refused; nothing is credited twice

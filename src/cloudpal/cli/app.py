@@ -14,12 +14,14 @@ from cloudpal.compute.settings import AppSettings, parse_publish
 
 
 def _settings(publish: tuple[str, ...], idle: str | None, cpu: str | None, memory: str | None,
-              pids: int | None, runaway_after: str | None, volume: str | None) -> dict[str, Any]:
+              pids: int | None, runaway_after: str | None, volume: str | None,
+              cpu_weight: int | None = None) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     if publish:
         raw["publish"] = [str(parse_publish(p)) for p in publish]
     for key, value in (("idle", idle), ("cpu_percent", cpu), ("memory_mib", memory), ("pids", pids),
-                       ("runaway_after", runaway_after), ("volume_mib", volume)):
+                       ("runaway_after", runaway_after), ("volume_mib", volume),
+                       ("cpu_weight", cpu_weight)):
         if value is not None:
             raw[key] = value
     AppSettings().updated(raw)  # refuse bad input here, before anything is imported
@@ -32,6 +34,7 @@ def _common(fn: Any) -> Any:
                      help="Also serve a guest port on the host (default host 127.0.0.1)."),
         click.option("--idle", help="Snapshot and stop after this long unused (default 5m)."),
         click.option("--cpu", help="CPU quota in % of one CPU (default 100%; 'none' for no quota)."),
+        click.option("--cpu-weight", type=int, help="CPU share against other apps, 1-10000 (default 100)."),
         click.option("--memory", help="Guest memory (default 128M)."),
         click.option("--pids", type=int, help="Thread limit for the VM's process (default 256)."),
         click.option("--runaway-after", help="Kill after pinning its CPU quota this long with no "
@@ -55,14 +58,14 @@ def app() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def install(ctx: click.Context, image: Path, name: str, publish: tuple[str, ...], idle: str | None,
-            cpu: str | None, memory: str | None, pids: int | None, runaway_after: str | None,
-            volume: str | None, upgrade: bool, as_json: bool) -> None:
+            cpu: str | None, cpu_weight: int | None, memory: str | None, pids: int | None,
+            runaway_after: str | None, volume: str | None, upgrade: bool, as_json: bool) -> None:
     """Import IMAGE (OCI layout dir, oci-archive or docker save tarball) and install it as NAME."""
     from cloudpal.compute import import_image
     from cloudpal.net import validate_name
 
     validate_name(name, "app name")
-    settings = _settings(publish, idle, cpu, memory, pids, runaway_after, volume)
+    settings = _settings(publish, idle, cpu, memory, pids, runaway_after, volume, cpu_weight)
     client = _client(ctx)
     store = Path(client.call("GET", "/apps-store")["image_store"])
     t0 = time.monotonic()
@@ -151,10 +154,10 @@ def rm(ctx: click.Context, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def set_cmd(ctx: click.Context, name: str, publish: tuple[str, ...], idle: str | None,
-            cpu: str | None, memory: str | None, pids: int | None, runaway_after: str | None,
-            as_json: bool) -> None:
+            cpu: str | None, cpu_weight: int | None, memory: str | None, pids: int | None,
+            runaway_after: str | None, as_json: bool) -> None:
     """Change NAME's limits, idle time or published ports."""
-    settings = _settings(publish, idle, cpu, memory, pids, runaway_after, None)
+    settings = _settings(publish, idle, cpu, memory, pids, runaway_after, None, cpu_weight)
     if not settings:
         raise click.UsageError("nothing to change: give at least one option")
     out = _client(ctx).call("POST", f"/apps/{name}/settings", settings)

@@ -381,7 +381,7 @@ class AppService:
 
     def _limits(self, app: _App) -> cgroups.Limits:
         s = app.settings
-        return cgroups.Limits(cpu_percent=s.cpu_percent,
+        return cgroups.Limits(cpu_percent=s.cpu_percent, cpu_weight=s.cpu_weight,
                               memory_bytes=(s.memory_mib + QEMU_OVERHEAD_MIB) << 20, pids=s.pids)
 
     async def _spec(self, app: _App) -> VmSpec:

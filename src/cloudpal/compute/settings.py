@@ -41,6 +41,7 @@ class AppSettings:
     publish: tuple[Publish, ...] = ()
     idle: int = 300  # seconds without connections or traffic before a snapshot-and-stop
     cpu_percent: int | None = 100  # CFS quota in % of one CPU; None = no quota
+    cpu_weight: int = 100  # relative CPU share against other apps when the CPU is contended
     memory_mib: int = 128  # guest RAM; the cgroup allows this plus QEMU's own overhead
     pids: int = 256  # threads QEMU may have (the guest's own processes are inside the VM)
     runaway_after: int = 60  # seconds pinned at the CPU quota with no client before a kill
@@ -78,6 +79,8 @@ class AppSettings:
                 changes[key] = parse_size_mib(value, "volume size", 16, 16 << 20)
             elif key == "pids":
                 changes[key] = parse_int(value, "pids limit", 16, 1 << 20)
+            elif key == "cpu_weight":
+                changes[key] = parse_int(value, "CPU weight", 1, 10000)
             else:
                 raise InvalidInput(f"unknown app setting {key!r}")
         return replace(self, **changes)
