@@ -131,11 +131,11 @@ def _rsasp1_crt(numbers: RSAPrivateNumbers, m: int) -> int:
     while True:
         b = secrets.randbelow(n - 2) + 2
         try:
-            b_inv = pow(b, -1, n)
-        except ValueError:  # b shares a factor with n: astronomically rare, draw again
+            b_inv = int(gmpy2.invert(b, n))
+        except ZeroDivisionError:  # b shares a factor with n: astronomically rare, draw again
             continue
         break
-    c = m * pow(b, e, n) % n
+    c = m * int(gmpy2.powmod(b, e, n)) % n
     p, q = numbers.p, numbers.q
     s1 = int(gmpy2.powmod_sec(c % p, numbers.dmp1, p))
     s2 = int(gmpy2.powmod_sec(c % q, numbers.dmq1, q))
@@ -220,7 +220,7 @@ def blind_sign(sk: RSAPrivateKey, blinded_msg: bytes) -> bytes:
     if m >= n:
         raise BlindRSAError("The blinded message representative is out of range for the RSA modulus.")
     s = _rsasp1_crt(numbers, m)
-    if pow(s, e, n) != m:
+    if int(gmpy2.powmod(s, e, n)) != m:
         raise BlindRSAError("The blind signature failed its own check, so the signing key may be corrupt.")
     return s.to_bytes(k, "big")
 

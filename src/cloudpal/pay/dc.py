@@ -14,9 +14,7 @@ one data center to another. A token made for another origin's challenge matches 
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import time
 import urllib.parse
@@ -97,6 +95,8 @@ class DataCenter:
         self.own = tokens.TokenChallenge(tokens.TOKEN_TYPE_BLIND_RSA, self.issuer_name, b"", (name,))
         self.generic = tokens.TokenChallenge(tokens.TOKEN_TYPE_BLIND_RSA, self.issuer_name, b"", ())
         self.accepted = (self.own.digest(), self.generic.digest())
+        self._stamp: tuple[Any, ...] = ()
+        self._cache: list[tuple[bytes, rsa.RSAPublicKey, float, float | None]] = []
 
     # ---- issuer keys, cached ------------------------------------------------------------
 
@@ -114,13 +114,16 @@ class DataCenter:
         return len(directory["token-keys"])
 
     def keys(self, now: float | None = None) -> dict[bytes, rsa.RSAPublicKey]:
+        """The issuer keys valid now, by token key id (parsed once per refresh, not per ticket)."""
         now = time.time() if now is None else now
-        out = {}
-        for r in self.db.conn.execute("SELECT * FROM dc_keys"):
-            if r["not_before"] > now + 300 or (r["expires"] is not None and r["expires"] <= now):
-                continue
-            out[bytes(r["token_key_id"])] = tokens.load_public_key_spki(bytes(r["spki"]))
-        return out
+        stamp = tuple(self.db.conn.execute("SELECT count(*), max(fetched) FROM dc_keys").fetchone())
+        if stamp != self._stamp:
+            self._cache = [(bytes(r["token_key_id"]), tokens.load_public_key_spki(bytes(r["spki"])),
+                            r["not_before"], r["expires"])
+                           for r in self.db.conn.execute("SELECT * FROM dc_keys")]
+            self._stamp = stamp
+        return {kid: pk for kid, pk, not_before, expires in self._cache
+                if not_before <= now + 300 and (expires is None or expires > now)}
 
     def challenge_header(self) -> str:
         spki = [tokens.public_key_spki(pk) for pk in self.keys().values()]
@@ -188,10 +191,3 @@ def dc_routes(dc: DataCenter) -> list[Route]:
         Route("/credits/{node}", credits, methods=["GET"]),
     ]
 
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
