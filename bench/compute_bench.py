@@ -47,7 +47,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import statistics
 import subprocess
 import sys
@@ -64,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import oci_build  # noqa: E402
-from cloudpal.compute import AppService, import_image, migrate  # noqa: E402
+from cloudpal.compute import AppService, guest, import_image, migrate  # noqa: E402
 from cloudpal.state import Database  # noqa: E402
 
 MARK_START = "<!-- compute-bench:start -->"
@@ -751,7 +750,7 @@ class Bench:
             z = ["-z"] if media.endswith("+gzip") else []
             await run_cmd(["tar", "-x", *z, "-f", str(path), "-C", str(root)])
         t1 = time.perf_counter()
-        size, inodes = rootfs_size(root)
+        size, inodes = guest.rootfs_disk_geometry(root)
         disk = out / "rootfs.ext4"
         with open(disk, "wb") as f:
             f.truncate(size)
@@ -876,28 +875,6 @@ def layer_blobs(layout: Path) -> list[tuple[Path, str]]:
     manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
     return [(blobs / layer["digest"].removeprefix("sha256:"), layer["mediaType"])
             for layer in manifest["layers"]]
-
-
-def rootfs_size(root: Path) -> tuple[int, int]:
-    """Disk size and inode count for mkfs.ext4 -d: the formula guest.build_rootfs_disk uses."""
-    block = 4096
-    seen: set[tuple[int, int]] = set()
-    blocks = inodes = 1
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            inodes += 1
-            if stat.S_ISREG(st.st_mode) or (stat.S_ISLNK(st.st_mode) and st.st_size > 59):
-                blocks += -(-st.st_size // block) + (1 if st.st_size > 12 * block else 0)
-            elif stat.S_ISDIR(st.st_mode):
-                blocks += max(1, -(-st.st_size // block))
-    used = blocks * block
-    inodes = inodes + inodes // 4 + 256
-    size = used + used // 5 + inodes * 256 + (16 << 20)
-    return -(-size // MIB) * MIB, inodes
 
 
 def cleanup_host(work: Path, cgroup_parent: str) -> list[str]:

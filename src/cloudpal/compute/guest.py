@@ -641,15 +641,20 @@ def _tree_usage(root: Path) -> tuple[int, int]:
     return blocks * BLOCK, inodes
 
 
+def rootfs_disk_geometry(rootfs_dir: Path) -> tuple[int, int]:
+    """(image size in bytes, inode count) for an ext4 image holding ``rootfs_dir``, with margin."""
+    used, inodes = _tree_usage(rootfs_dir)
+    inodes = inodes + inodes // 4 + 256
+    size = used + used // 5 + inodes * 256 + (16 << 20)
+    return -(-size // (1 << 20)) << 20, inodes
+
+
 def build_rootfs_disk(rootfs_dir: Path, dest: Path) -> Path:
     """An ext4 image of ``rootfs_dir`` (read-only in the guest, so no journal), built atomically."""
     rootfs_dir, dest = Path(rootfs_dir), Path(dest)
     if not rootfs_dir.is_dir():
         raise InvalidInput(f"The image root filesystem {str(rootfs_dir)!r} is not a directory.")
-    used, inodes = _tree_usage(rootfs_dir)
-    inodes = inodes + inodes // 4 + 256
-    size = used + used // 5 + inodes * 256 + (16 << 20)
-    size = -(-size // (1 << 20)) << 20
+    size, inodes = rootfs_disk_geometry(rootfs_dir)
     fd, tmp = _atomic_path(dest)
     try:
         os.ftruncate(fd, size)
