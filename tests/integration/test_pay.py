@@ -50,8 +50,9 @@ class Service:
         raise AssertionError(f"{args[0]} did not start: {self.log.read_text()}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,7 +101,9 @@ def pay() -> Iterator[Pay]:
         dc = Service(work / "dc", "dc", "serve", "--name", "dc1.example", "--issuer", issuer.url,
                      "--listen", "127.0.0.1:0", "--refresh", "1s")
         services.append(dc)
-        yield Pay(work, issuer, dc, work / "node", account)
+        p = Pay(work, issuer, dc, work / "node", account)
+        yield p
+        services.append(p.dc)  # a test may have restarted it
     finally:
         for s in services:
             s.stop()
@@ -300,3 +303,13 @@ def test_the_wallet_buys_from_the_standard_issuer(pay: Pay) -> None:
             s.stop()
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_data_center_verifies_offline(pay: Pay) -> None:
+    """With the issuer gone, a restarted data center still takes tickets with its cached keys."""
+    pay.issuer.stop()
+    pay.dc.stop()
+    pay.dc = Service(pay.work / "dc", "dc", "serve", "--name", "dc1.example", "--issuer", pay.issuer.url,
+                     "--listen", "127.0.0.1:0")
+    assert "cached key" in pay.dc.log.read_text()
+    assert "paid 1 ticket(s)" in cli(pay.node, "ticket", "pay", "--dc", pay.dc.url).stdout
