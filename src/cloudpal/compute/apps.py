@@ -550,7 +550,7 @@ class AppService:
         return rate
 
     async def _watch(self, app: _App, vm: Vm) -> None:
-        quota = (app.settings.cpu_percent or 100) / 100.0
+        """Once per TICK while the VM runs: meter it, and apply the runaway and idle policies."""
         while True:
             done, _ = await asyncio.wait([vm.exited], timeout=TICK)
             if app.vm is not vm:
@@ -562,20 +562,30 @@ class AppService:
                 self._set_state(app, "stopped")
                 self._event(app.name, "exit", f"the VM stopped by itself (status {code})")
                 return
-            rate = self._meter(app, vm, tick=True)
-            act = self.proxy.activity.get(app.name)
-            busy_clients = act is not None and act.connections > 0
-            now = time.monotonic()
-            if rate is not None and rate >= PINNED * min(quota, 1.0 * vm_vcpus(vm)) and not busy_clients:
-                app.pinned_since = app.pinned_since or now
-                if now - app.pinned_since >= app.settings.runaway_after:
-                    await self._runaway(app, vm, now - app.pinned_since)
+            try:
+                if await self._tick(app, vm):
                     return
-            else:
-                app.pinned_since = None
-            if act is not None and act.idle_for() >= app.settings.idle:
-                await self._sleep(app, f"idle for {app.settings.idle} s")
-                return
+            except Exception:  # a failed tick (say, a busy database) must not end the monitoring
+                log.exception("app %s: monitoring tick failed", app.name)
+
+    async def _tick(self, app: _App, vm: Vm) -> bool:
+        """One monitoring step; True once the VM was stopped by a policy."""
+        quota = (app.settings.cpu_percent or 100) / 100.0  # read each tick: `app set` changes it
+        rate = self._meter(app, vm, tick=True)
+        act = self.proxy.activity.get(app.name)
+        busy_clients = act is not None and act.connections > 0
+        now = time.monotonic()
+        if rate is not None and rate >= PINNED * min(quota, 1.0 * vm_vcpus(vm)) and not busy_clients:
+            app.pinned_since = app.pinned_since or now
+            if now - app.pinned_since >= app.settings.runaway_after:
+                await self._runaway(app, vm, now - app.pinned_since)
+                return True
+        else:
+            app.pinned_since = None
+        if act is not None and act.idle_for() >= app.settings.idle:
+            await self._sleep(app, f"idle for {app.settings.idle} s")
+            return True
+        return False
 
     async def _runaway(self, app: _App, vm: Vm, pinned: float) -> None:
         app.vm = None
