@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from cloudpal.errors import HostError, InvalidInput
+from cloudpal.errors import CloudPalError, HostError, InvalidInput
 
 
 def _db(ctx: click.Context) -> Any:
@@ -177,7 +177,7 @@ def dc_serve(ctx: click.Context, name: str, issuer_url: str, listen: str, hours_
              refresh: str) -> None:
     """Answer with PrivateToken challenges and credit hosting time for valid tickets."""
     from cloudpal.net import parse_duration
-    from cloudpal.pay.dc import DataCenter, dc_routes
+    from cloudpal.pay.dc import DataCenter, dc_routes, fetch_directory
 
     every = parse_duration(refresh)
     center = DataCenter(_db(ctx), name, issuer_url, hours_per_ticket * 3600)
@@ -193,9 +193,10 @@ def dc_serve(ctx: click.Context, name: str, issuer_url: str, listen: str, hours_
     async def refresher() -> None:
         while True:
             await asyncio.sleep(every)
-            try:
-                await asyncio.to_thread(center.refresh_keys)
-            except HostError as exc:
+            try:  # the fetch in a thread; the database write back here, on the serving loop
+                directory = await asyncio.to_thread(fetch_directory, issuer_url)
+                center.store_keys(directory)
+            except CloudPalError as exc:  # unreachable issuer or a bad directory: keep what we have
                 logging.getLogger("cloudpal.dc").warning("%s; keeping the cached keys", exc)
 
     _serve(dc_routes(center), sock, f"data center {name}", refresher)

@@ -102,7 +102,12 @@ class DataCenter:
 
     def refresh_keys(self) -> int:
         """Fetch the issuer's directory; keys that left it are forgotten (rotated out)."""
-        directory = fetch_directory(self.issuer_url)
+        return self.store_keys(fetch_directory(self.issuer_url))
+
+    def store_keys(self, directory: dict[str, Any]) -> int:
+        """Replace the cached keys with a fetched directory's. Runs on the thread that serves
+        requests: they share one SQLite connection, which would otherwise show a request the
+        half-replaced table (no keys at all) in the middle of this transaction."""
         now = time.time()
         with self.db.transaction() as c:
             c.execute("DELETE FROM dc_keys")
