@@ -323,12 +323,13 @@ def test_elf_interpreter(tmp_path: Path) -> None:
 
 
 def test_busybox_must_be_static(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A dynamically linked ELF to pose as busybox: Debian's /bin/sh and friends always are.
+    candidates = [Path("/bin/sh").resolve(), Path("/usr/bin/env"), Path(sys.executable).resolve()]
+    dynamic = next((p for p in candidates if p.exists() and ob.elf_interpreter(p)), None)
+    assert dynamic is not None, f"none of {candidates} is a dynamically linked ELF"
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(ob.BusyboxUnavailable, match=r"^No busybox on PATH; install busybox-static"):
         ob.busybox_base()
-    dynamic = Path(sys.executable).resolve()
-    if ob.elf_interpreter(dynamic) is None:
-        pytest.skip("this python is statically linked")
     monkeypatch.setattr(shutil, "which", lambda _name: str(dynamic))
     with pytest.raises(ob.BusyboxUnavailable, match=r"is dynamically linked \(it needs /.*\), so it cannot"):
         ob.busybox_base()
