@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import errno
 import json
-import math
 import os
 import platform
 import shlex
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import report  # bench/report.py: shared by the benchmark scripts
+from report import Stats, fmt_ms, ratio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -87,28 +87,6 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------ statistics
 
 
-@dataclass
-class Stats:
-    values: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def p95(self) -> float:
-        """Nearest-rank 95th percentile (with fewer than 20 samples: the slowest one)."""
-        ordered = sorted(self.values)
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def fmt_ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "n/a"
 
 
 # ------------------------------------------------------------------ host readings
@@ -916,12 +894,7 @@ def cleanup_host(work: Path, cgroup_parent: str) -> list[str]:
 
 
 def machine_facts() -> dict[str, str]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = report.cpu_model()
     qemu = "?"
     with contextlib.suppress(OSError, IndexError):
         qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,

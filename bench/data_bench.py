@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import report  # bench/report.py: shared by the benchmark scripts
+from report import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 JS_DIR = REPO / "js"
@@ -516,12 +517,7 @@ def package_version(name: str) -> str:
 
 
 def machine_facts(work: Path) -> dict[str, str]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     fs = "?"
     with contextlib.suppress(OSError, IndexError):
         out = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True, check=False).stdout

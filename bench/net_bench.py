@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import re
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import report  # bench/report.py: shared by the benchmark scripts
+from report import Stats, cpu_model, fmt_ms, ratio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -98,36 +98,6 @@ def wg_env() -> dict[str, str]:
 # ------------------------------------------------------------------ statistics
 
 
-@dataclass
-class Stats:
-    values: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def min(self) -> float:
-        return min(self.values)
-
-    @property
-    def max(self) -> float:
-        return max(self.values)
-
-    @property
-    def p95(self) -> float:
-        """Nearest-rank 95th percentile (with 10 samples: the slowest one)."""
-        ordered = sorted(self.values)
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def fmt_ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "n/a"
 
 
 # ------------------------------------------------------------------- helpers
@@ -638,14 +608,7 @@ def machine_facts() -> dict[str, str]:
         lines = (out.stdout or out.stderr).strip().splitlines()
         return lines[0] if lines else "?"
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -44,8 +45,7 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def best(reps: int, fn: object) -> float:
-    assert callable(fn)
+def best(reps: int, fn: Callable[[], float]) -> float:
     return max(fn() for _ in range(reps))
 
 

@@ -4,8 +4,11 @@ its own marked section of docs/benchmarks.md without touching the others."""
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -30,3 +33,46 @@ def display_command() -> str:
     with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
     return shlex.join([str(exe), *sys.argv])
+
+
+@dataclass
+class Stats:
+    """Repeated measurements of one thing."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    @property
+    def p95(self) -> float:
+        """Nearest-rank 95th percentile (with fewer than 20 samples: the slowest one)."""
+        ordered = sorted(self.values)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def fmt_ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("?" if unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "?"
