@@ -655,15 +655,26 @@ def build_rootfs_disk(rootfs_dir: Path, dest: Path) -> Path:
     if not rootfs_dir.is_dir():
         raise InvalidInput(f"The image root filesystem {str(rootfs_dir)!r} is not a directory.")
     size, inodes = rootfs_disk_geometry(rootfs_dir)
+    return _new_ext4(dest, size, ["-N", str(inodes), "-O", "^has_journal", "-E", "root_owner=0:0",
+                                  "-L", "rootfs", "-d", str(rootfs_dir)], replace=True)
+
+
+def _new_ext4(dest: Path, size: int, args: list[str], *, replace: bool) -> Path:
+    """mkfs.ext4 into a sparse temp file of ``size`` bytes (0600), then put it at ``dest``: replacing
+    what is there, or (``replace=False``) linking, so a file created meanwhile is never replaced."""
     fd, tmp = _atomic_path(dest)
     try:
+        os.fchmod(fd, 0o600)
         os.ftruncate(fd, size)
         os.close(fd)
         fd = -1
-        _mkfs(["-q", "-F", "-b", str(BLOCK), "-N", str(inodes), "-m", "0", "-O", "^has_journal",
-               "-E", "root_owner=0:0", "-L", "rootfs", "-d", str(rootfs_dir)], tmp)  # fmt: skip
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, dest)
+        _mkfs(["-q", "-F", "-b", str(BLOCK), "-m", "0", *args], tmp)
+        if replace:
+            os.replace(tmp, dest)
+        else:
+            os.link(tmp, dest)
+    except FileExistsError:
+        raise Conflict(f"The data volume {str(dest)!r} already exists.") from None
     finally:
         if fd >= 0:
             os.close(fd)
@@ -683,23 +694,8 @@ def create_volume(dest: Path, size_bytes: int) -> Path:
     if dest.exists():
         raise Conflict(f"The data volume {str(dest)!r} already exists.")
     size = -(-size_bytes // BLOCK) * BLOCK
-    fd, tmp = _atomic_path(dest)
-    try:
-        os.fchmod(fd, 0o600)
-        os.ftruncate(fd, size)
-        os.close(fd)
-        fd = -1
-        _mkfs(["-q", "-F", "-b", str(BLOCK), "-m", "0", "-L", "data",
-               "-E", "lazy_itable_init=1,lazy_journal_init=1"], tmp)  # fmt: skip
-        os.link(tmp, dest)  # unlike rename, never replaces a volume created meanwhile
-    except FileExistsError:
-        raise Conflict(f"The data volume {str(dest)!r} already exists.") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return dest
+    return _new_ext4(dest, size, ["-L", "data", "-E", "lazy_itable_init=1,lazy_journal_init=1"],
+                     replace=False)
 
 
 # ---------------------------------------------------------------- kernel command line
