@@ -57,6 +57,7 @@ SCHEMA = [
 ]
 
 TICK = 1.0  # seconds between metering samples
+VCPUS = 1  # every app VM gets one vCPU: its CPU use is capped by its quota anyway
 PINNED = 0.9  # share of the CPU quota that counts as "pinned"
 QEMU_OVERHEAD_MIB = 192  # QEMU's own memory beside guest RAM (TCG code cache is capped at 64 MiB)
 CGROUP_PARENT = "cloudpal"
@@ -256,7 +257,7 @@ class AppService:
             d = self.app_dir(name)
             try:
                 if old is not None:
-                    await self._halt(old, "upgrade", keep_idle=False)
+                    await self._halt(old, "upgrade")
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
                 disk = self._disk(image)
                 if not disk.exists():
@@ -311,7 +312,7 @@ class AppService:
     async def remove(self, name: str) -> dict[str, Any]:
         async with self._lock:
             app = self.get(name)
-            await self._halt(app, "removed", keep_idle=False)
+            await self._halt(app, "removed")
             await self.proxy.close(name)
             self.proxy.forget(name)
             if self.names is not None:
@@ -339,7 +340,7 @@ class AppService:
                 ports = self._guest_ports(app.image, new)
                 uid, gid = guest.resolve_user(Path(app.image.rootfs), app.image.user)
                 if reboot:
-                    await self._halt(app, "settings changed", keep_idle=False)
+                    await self._halt(app, "settings changed")
                     shutil.rmtree(self.app_dir(name) / "snap-boot", ignore_errors=True)
                 await self._build_initrd(name, app.image, uid, gid, ports)
                 app.forwards = {p: app.forwards.get(p) or _free_port() for p in ports}
@@ -397,7 +398,7 @@ class AppService:
         assert app.cgroup is not None
         return VmSpec(
             name=app.name, kernel=kernel, initrd=d / "initrd", cmdline_extra="",
-            memory_mib=app.settings.memory_mib, vcpus=1,
+            memory_mib=app.settings.memory_mib, vcpus=VCPUS,
             disks=(Disk(self._disk(app.image), True), Disk(d / "data.ext4", False)),
             forwards=tuple((port, g) for g, port in sorted(app.forwards.items())),
             run_dir=d / "run", console_log=d / "console.log",
@@ -435,7 +436,6 @@ class AppService:
                     spec, boot_snapshot=None if (boot_snap / "meta.json").exists() else boot_snap)
                 how = "cold boot"
         except BaseException as exc:
-            app.state = "stopped"
             self._set_state(app, "stopped")
             if isinstance(exc, Exception):
                 self._event(app.name, "wake-failed", f"could not start: {exc}")
@@ -482,7 +482,7 @@ class AppService:
         self._event(app.name, "sleep",
                     f"snapshotted and stopped ({why}) in {(time.monotonic() - t0) * 1000:.0f} ms")
 
-    async def _halt(self, app: _App, why: str, keep_idle: bool) -> None:
+    async def _halt(self, app: _App, why: str) -> None:
         """Owner stop, upgrade or removal: a clean shutdown so the volume is consistent."""
         if app.waking is not None:
             with contextlib.suppress(Exception):
@@ -494,8 +494,7 @@ class AppService:
             self._meter(app, vm)
             await vm.shutdown()
             self._event(app.name, "stop", f"stopped ({why})")
-        if not keep_idle:
-            shutil.rmtree(self.app_dir(app.name) / "snap-idle", ignore_errors=True)
+        shutil.rmtree(self.app_dir(app.name) / "snap-idle", ignore_errors=True)
         if app.state != "runaway" or why != "owner":
             self._set_state(app, "stopped")
 
@@ -514,7 +513,7 @@ class AppService:
 
     async def stop_app(self, name: str) -> dict[str, Any]:
         app = self.get(name)
-        await self._halt(app, "owner", keep_idle=False)
+        await self._halt(app, "owner")
         return self.describe(app)
 
     # ---- metering, idle and runaway ------------------------------------------------------
@@ -575,7 +574,7 @@ class AppService:
         act = self.proxy.activity.get(app.name)
         busy_clients = act is not None and act.connections > 0
         now = time.monotonic()
-        if rate is not None and rate >= PINNED * min(quota, 1.0 * vm_vcpus(vm)) and not busy_clients:
+        if rate is not None and rate >= PINNED * min(quota, float(VCPUS)) and not busy_clients:
             app.pinned_since = app.pinned_since or now
             if now - app.pinned_since >= app.settings.runaway_after:
                 await self._runaway(app, vm, now - app.pinned_since)
@@ -604,11 +603,8 @@ class AppService:
     # ---- reports ------------------------------------------------------------------------
 
     def describe(self, app: _App) -> dict[str, Any]:
-        state = app.state
-        if app.vm is not None and state == "running":
-            state = "running"
         return {
-            "name": app.name, "state": state, "image": app.image.id, "digest": app.image.digest,
+            "name": app.name, "state": app.state, "image": app.image.id, "digest": app.image.digest,
             "accel": self.accel or "", "argv": list(app.image.argv),
             "ports": self._guest_ports(app.image, app.settings),
             "addresses": list(app.addresses),
@@ -656,14 +652,5 @@ class AppService:
         return [dict(r) for r in reversed(rows)]
 
 
-def vm_vcpus(vm: Vm) -> int:
-    return int(getattr(vm, "vcpus", 1) or 1)
-
-
 def migrate(db: Database) -> None:
     db.migrate("compute", SCHEMA)
-
-
-def image_store(home: Path) -> Path:
-    return home / "compute" / "images"
-
