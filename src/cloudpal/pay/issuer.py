@@ -121,10 +121,11 @@ class Issuer:
         return keys[0] if keys else self.rotate(bits)
 
     def directory(self, base_url: str) -> dict[str, Any]:
+        keys = self.live_keys()
         return tokens.build_directory(
             base_url.rstrip("/") + REQUEST_PATH,
-            [(k.public_key, int(k.not_before)) for k in self.live_keys()],
-            extra=[{"cloudpal-expires": int(k.expires)} for k in self.live_keys()],
+            [(k.public_key, int(k.not_before)) for k in keys],
+            extra=[{"cloudpal-expires": int(k.expires)} for k in keys],
         )
 
     # ---- accounts -------------------------------------------------------------------

@@ -8,6 +8,7 @@ unspent ones. The issuer sees only blinded messages; the data center sees only f
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -72,8 +73,6 @@ class Wallet:
 
     def node_id(self) -> str:
         """The name this node is credited under at data centers (random, made once)."""
-        import secrets
-
         row = self.db.conn.execute("SELECT value FROM wallet_meta WHERE key='node_id'").fetchone()
         if row:
             return str(row[0])
